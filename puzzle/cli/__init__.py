@@ -1,0 +1,62 @@
+"""The ``puzzle`` command line.
+
+Each command group lives in its own module of this package and exposes ``register(subparsers)``;
+``main`` wires them together. User mistakes (``PuzzleError`` or bad arguments) print one line on
+stderr and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from puzzle.errors import PuzzleError
+
+# Modules of puzzle.cli that register commands, in the order they appear in --help.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="puzzle", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"puzzle.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from puzzle import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return USAGE_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except PuzzleError as exc:
+        print(f"puzzle: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("puzzle: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
