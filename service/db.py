@@ -45,8 +45,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    kwargs.setdefault("pool_size", 20)
-    kwargs.setdefault("max_overflow", 30)
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 20)
+        kwargs.setdefault("max_overflow", 30)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 
