@@ -36,7 +36,7 @@ from tests.service.live import serve  # noqa: E402
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def drive(base: str, clients: int, total: int, request) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
