@@ -84,7 +84,6 @@ class SearchParams(_Strict):
     axis: Key | None = Field(default=None, description="frontier: the cost to sweep (e.g. runtime_ms)")
     lo: float | None = Field(default=None, description="frontier: smallest value of the axis to include")
     hi: float | None = Field(default=None, description="frontier: largest value of the axis to include")
-    points: int | None = Field(default=None, ge=2, le=100_000, description="frontier: number of budgets to sweep")
     n: int = Field(default=5, ge=1, le=100, description="diverse: number of solutions")
     d: int = Field(default=1, ge=1, le=10_000, description="diverse: layers each solution must differ in")
 
