@@ -14,7 +14,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import CursorResult, Update, and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,13 @@ ETA_MIN_SECONDS = 1.0
 
 class LostJobError(RuntimeError):
     """The worker no longer owns the job (re-queued after a missed heartbeat, or finished elsewhere)."""
+
+
+def _updated(session: Session, statement: Update) -> int:
+    """Rows an UPDATE changed."""
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def body_hash(body: Any) -> str:
@@ -191,21 +198,23 @@ def list_jobs(
 def cancel_job(session: Session, *, job_id: int) -> Job:
     """Queued -> cancelled now; running -> cancel requested (the worker stops at its next check)."""
     now = utcnow()
-    done = session.execute(
+    done = _updated(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.state == "queued")
-        .values(state="cancelled", finished_at=now, cancel_requested=True)
+        .values(state="cancelled", finished_at=now, cancel_requested=True),
     )
-    if done.rowcount:
+    if done:
         add_event(session, job_id=job_id, type="state", data={"state": "cancelled", "reason": "cancelled while queued"})
         session.flush()
         return get_job(session, job_id=job_id)
-    asked = session.execute(
+    asked = _updated(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.state == "running", Job.cancel_requested.is_(False))
-        .values(cancel_requested=True)
+        .values(cancel_requested=True),
     )
-    if asked.rowcount:
+    if asked:
         add_event(session, job_id=job_id, type="cancel_requested", data={})
         session.flush()
     job = get_job(session, job_id=job_id)
@@ -236,7 +245,8 @@ def claim_job(session: Session, *, worker_id: str, kinds: list[str] | None = Non
     if job_id is None:
         return None
     now = utcnow()
-    claimed = session.execute(
+    claimed = _updated(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.state == "queued")
         .values(
@@ -250,9 +260,9 @@ def claim_job(session: Session, *, worker_id: str, kinds: list[str] | None = Non
             progress_done=0,
             progress_total=0,
             eta_s=None,
-        )
+        ),
     )
-    if not claimed.rowcount:
+    if not claimed:
         return None
     job = get_job(session, job_id=job_id)
     session.refresh(job)
@@ -268,8 +278,8 @@ def _owned(job_id: int, worker_id: str) -> Any:
 
 def heartbeat(session: Session, *, job_id: int, worker_id: str) -> bool:
     """Record that the worker is alive; returns whether a cancel was requested. LostJobError if not owned."""
-    done = session.execute(update(Job).where(_owned(job_id, worker_id)).values(heartbeat_at=utcnow()))
-    if not done.rowcount:
+    done = _updated(session, update(Job).where(_owned(job_id, worker_id)).values(heartbeat_at=utcnow()))
+    if not done:
         raise LostJobError(f"job {job_id} is no longer owned by {worker_id}")
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
@@ -309,12 +319,13 @@ def finish_job(
 ) -> bool:
     """Move an owned running job to a terminal state; False when the worker had lost it."""
     assert state in TERMINAL_STATES, state
-    done = session.execute(
+    done = _updated(
+        session,
         update(Job)
         .where(_owned(job_id, worker_id))
-        .values(state=state, result=result, error=error, finished_at=utcnow(), eta_s=None)
+        .values(state=state, result=result, error=error, finished_at=utcnow(), eta_s=None),
     )
-    if not done.rowcount:
+    if not done:
         return False
     data: dict[str, Any] = {"state": state}
     if error:
