@@ -54,9 +54,10 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, value = raw.partition(":")
-        if prefix != "id":
+        number = int(value)
+        if prefix != "id" or not 0 < number < 2**63:
             raise ValueError(raw)
-        return int(value)
+        return number
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ConfigError(f"cursor {cursor!r} is not one this API returned; pass next_cursor unchanged") from exc
 

@@ -101,7 +101,7 @@ class SearchParams(_Strict):
 
 class SearchJobCreate(SearchParams):
     kind: Literal["search"]
-    library_id: int = Field(ge=1)
+    library_id: int = Field(ge=1, le=2**63 - 1)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
 
 

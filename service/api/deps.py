@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -46,3 +46,9 @@ def require_token(
 
 
 WriteAccess = Depends(require_token)
+
+
+# Ids are 64-bit database keys: anything larger can name nothing (and must not reach the database).
+MAX_ID = 2**63 - 1
+JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="job id")]
+LibraryIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="library id")]

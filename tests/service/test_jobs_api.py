@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.main import create_app
 from service.settings import Settings
@@ -148,7 +149,7 @@ def test_pipeline_jobs_are_refused_until_the_builder_exists(client: TestClient) 
 
 
 def test_writes_need_the_bearer_token_when_configured(settings: Settings, small_library: dict) -> None:
-    secured = settings.model_copy(update={"api_token": "s3cret"})
+    secured = settings.model_copy(update={"api_token": SecretStr("s3cret")})
     with TestClient(create_app(secured)) as c:
         body = search_job(small_library["id"])
         r = c.post("/api/v1/jobs", json=body)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service import crud, search
-from service.api.deps import SessionDep, SettingsDep, WriteAccess
+from service.api.deps import MAX_ID, JobIdPath, SessionDep, SettingsDep, WriteAccess
 from service.errors import ConflictError, NotAvailableError
 from service.models import TERMINAL_STATES, Job, JobEvent
 from service.schemas import (
@@ -116,12 +116,12 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, session: SessionDep) -> JobPublic:
+def get_job(job_id: JobIdPath, session: SessionDep) -> JobPublic:
     return job_public(crud.get_job(session, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", dependencies=[WriteAccess], response_model=JobPublic, status_code=202)
-def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
+def cancel_job(job_id: JobIdPath, session: SessionDep) -> JobPublic:
     """Cancel a queued job now, or ask a running one to stop at its next check (409 once finished)."""
     job = crud.cancel_job(session, job_id=job_id)
     session.commit()
@@ -130,9 +130,9 @@ def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
 
 @router.get("/{job_id}/events", response_model=JobEventsPublic)
 def list_job_events(
-    job_id: int,
+    job_id: JobIdPath,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="only events with a larger id")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID, description="only events with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> JobEventsPublic:
     """The job's event log in order; poll with ``after=<last_id>``."""
@@ -147,9 +147,9 @@ def list_job_events(
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
 )
 async def stream_job_events(
-    job_id: int,
+    job_id: JobIdPath,
     request: Request,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     last_event_id: Annotated[str | None, Header(max_length=40)] = None,
 ) -> StreamingResponse:
     """Server-sent events (``id`` = event id; reconnect with ``Last-Event-ID`` to resume). Ends after the
@@ -159,6 +159,8 @@ async def stream_job_events(
     if last_event_id:
         try:
             start = max(start, int(last_event_id))
+            if start > MAX_ID:
+                raise ValueError(last_event_id)
         except ValueError as exc:
             raise search.invalid("Last-Event-ID", f"Last-Event-ID must be an event id, got {last_event_id!r}") from exc
 
@@ -205,17 +207,17 @@ def _succeeded(job: Job) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/result")
-def get_job_result(job_id: int, session: SessionDep) -> dict[str, Any]:
+def get_job_result(job_id: JobIdPath, session: SessionDep) -> dict[str, Any]:
     """The job's result: ``points`` (each a whole architecture with objective and costs) and search details."""
     return _succeeded(crud.get_job(session, job_id=job_id))
 
 
 @router.get("/{job_id}/architecture", response_model=ArchitecturePublic)
 def get_job_architecture(
-    job_id: int,
+    job_id: JobIdPath,
     session: SessionDep,
     settings: SettingsDep,
-    point: Annotated[int, Query(ge=0, description="index into the result's points")] = 0,
+    point: Annotated[int, Query(ge=0, le=10_000_000, description="index into the result's points")] = 0,
 ) -> ArchitecturePublic:
     """Per-layer view of one architecture of a finished search: which subblocks each layer keeps, at what size."""
     job = crud.get_job(session, job_id=job_id)
@@ -230,10 +232,10 @@ def get_job_architecture(
     responses={200: {"content": {"application/gzip": {}}, "description": "tar.gz archive"}},
 )
 def export_job_architecture(
-    job_id: int,
+    job_id: JobIdPath,
     session: SessionDep,
     settings: SettingsDep,
-    point: Annotated[int, Query(ge=0)] = 0,
+    point: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Response:
     """A tar.gz with the architecture (``architecture.json``, ``block_configs.json``, ``solution.json``).
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from service import crud, libraries, search
-from service.api.deps import SessionDep, SettingsDep, WriteAccess
+from service.api.deps import LibraryIdPath, SessionDep, SettingsDep, WriteAccess
 from service.artifacts import inside
 from service.errors import ConflictError
 from service.models import Library
@@ -82,13 +82,13 @@ def list_libraries(
 
 
 @router.get("/{library_id}", response_model=LibraryPublic)
-def get_library(library_id: int, session: SessionDep) -> LibraryPublic:
+def get_library(library_id: LibraryIdPath, session: SessionDep) -> LibraryPublic:
     return library_public(crud.get_library(session, library_id=library_id))
 
 
 @router.get("/{library_id}/frontier", response_class=Response, responses={200: search.FRONTIER_RESPONSE})
 def get_frontier(
-    library_id: int,
+    library_id: LibraryIdPath,
     session: SessionDep,
     settings: SettingsDep,
     axis: Annotated[str, Query(min_length=1, max_length=200, description="cost to sweep, e.g. runtime_ms")],
@@ -117,7 +117,9 @@ def get_frontier(
 
 
 @router.post("/{library_id}/solve", response_model=SolutionPublic)
-def solve_library(library_id: int, body: SolveRequest, session: SessionDep, settings: SettingsDep) -> SolutionPublic:
+def solve_library(
+    library_id: LibraryIdPath, body: SolveRequest, session: SessionDep, settings: SettingsDep
+) -> SolutionPublic:
     """Best architecture under ad-hoc constraints, solved now (422 with the binding constraint if infeasible)."""
     row = crud.get_library(session, library_id=library_id)
     library = search.load_library(settings, row)
