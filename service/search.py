@@ -64,23 +64,23 @@ def load_library(settings: Settings, row: Library) -> BlockLibrary:
 
 
 def validate_params(library: BlockLibrary, params: SearchParams | SolveRequest, *, where: str = "body") -> None:
-    """Every problem of a search request against ``library`` at once (InvalidInputError), before queueing."""
-    from puzzle.search import parse_constraint
+    """Every problem of a search request against ``library`` at once (InvalidInputError), before queueing:
+    the search engine's own parser resolves the objective and each constraint separately."""
+    from puzzle.search.problem import build_problem
 
     problems: list[tuple[list[str | int], str]] = []
     scenario = getattr(params, "scenario", None)
     try:
-        scenario = library.resolve_scenario(scenario)
+        library.resolve_scenario(scenario)
     except ConfigError as exc:
         problems.append(([where, "scenario"], str(exc)))
-        scenario = library.default_scenario
-    if params.objective not in library.metric_keys:
-        problems.append(
-            (
-                [where, "objective"],
-                f"unknown metric {params.objective!r}; this library has: {', '.join(library.metric_keys)}",
-            )
-        )
+        scenario = None
+    objective = params.objective
+    try:
+        build_problem(library, objective, (), scenario=scenario)
+    except ConfigError as exc:
+        problems.append(([where, "objective"], str(exc)))
+        objective = library.metric_keys[0]
     axis = getattr(params, "axis", None)
     if axis:
         try:
@@ -89,7 +89,7 @@ def validate_params(library: BlockLibrary, params: SearchParams | SolveRequest, 
             problems.append(([where, "axis"], str(exc)))
     for i, text in enumerate(params.constraints):
         try:
-            parse_constraint(text)
+            build_problem(library, objective, (text,), scenario=scenario)
         except ConfigError as exc:
             problems.append(([where, "constraints", i], str(exc)))
     if problems:
