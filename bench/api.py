@@ -74,6 +74,7 @@ def main() -> int:
     parser.add_argument("--submits", type=int, default=1000)
     parser.add_argument("--frontiers", type=int, default=300)
     parser.add_argument("--uvicorn-workers", type=int, default=1)
+    parser.add_argument("--only", choices=["submit", "frontier"], help="measure just one of the two")
     args = parser.parse_args()
 
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -94,18 +95,19 @@ def main() -> int:
             )
             library = httpx.post(f"{base}/api/v1/libraries", json=upload, timeout=120).json()
             frontier_url = f"/api/v1/libraries/{library['id']}/frontier?objective=kl_div&axis=runtime_ms"
-            t0 = time.perf_counter()
-            first = httpx.get(base + frontier_url, timeout=600)
-            cold = time.perf_counter() - t0
-            assert first.status_code == 200, first.text[:500]
-            n_points = len(first.json()["points"])
-            print(
-                f"library {library['name']}: {library['n_layers']} layers x {library['n_variants'] // library['n_layers']} variants"
-            )
-            print(
-                f"frontier: {n_points} points, {len(first.content) / 1e6:.1f} MB JSON, first (uncached) request {cold:.2f} s"
-            )
-
+            per_layer = library["n_variants"] // library["n_layers"]
+            print(f"library {library['name']}: {library['n_layers']} layers x {per_layer} variants")
+            figures: dict[str, float] = {}
+            if args.only != "submit":
+                t0 = time.perf_counter()
+                first = httpx.get(base + frontier_url, timeout=600)
+                cold = time.perf_counter() - t0
+                assert first.status_code == 200, first.text[:500]
+                figures["frontier_points"] = len(first.json()["points"])
+                print(
+                    f"frontier: {figures['frontier_points']:.0f} points, {len(first.content) / 1e6:.1f} MB JSON, "
+                    f"first (uncached) request {cold:.2f} s"
+                )
             body = {
                 "kind": "search",
                 "library_id": library["id"],
@@ -122,25 +124,22 @@ def main() -> int:
             async def frontier(client: httpx.AsyncClient, i: int) -> httpx.Response:
                 return await client.get(frontier_url)
 
-            base_sub, _ = asyncio.run(drive(base, 1, max(50, args.submits // 10), submit))
-            sub, wall_sub = asyncio.run(drive(base, args.clients, args.submits, submit))
-            base_fr, _ = asyncio.run(drive(base, 1, max(20, args.frontiers // 10), frontier))
-            fr, wall_fr = asyncio.run(drive(base, args.clients, args.frontiers, frontier))
             print(f"server: uvicorn x{args.uvicorn_workers}, PostgreSQL, {os.cpu_count()} CPUs shared with the clients")
-            report("submit", base_sub, sub, wall_sub, args.clients, 50)
-            report("frontier", base_fr, fr, wall_fr, args.clients, 200)
-            print(
-                json.dumps(
-                    {
-                        "submit_p50_ms": percentile(sub, 50) * 1e3,
-                        "submit_p99_ms": percentile(sub, 99) * 1e3,
-                        "frontier_p50_ms": percentile(fr, 50) * 1e3,
-                        "frontier_p99_ms": percentile(fr, 99) * 1e3,
-                        "frontier_points": n_points,
-                        "mean_submit_ms": statistics.fmean(sub) * 1e3,
-                    }
+            if args.only != "frontier":
+                base_sub, _ = asyncio.run(drive(base, 1, max(50, args.submits // 10), submit))
+                sub, wall_sub = asyncio.run(drive(base, args.clients, args.submits, submit))
+                report("submit", base_sub, sub, wall_sub, args.clients, 50)
+                figures.update(
+                    submit_p50_ms=percentile(sub, 50) * 1e3,
+                    submit_p99_ms=percentile(sub, 99) * 1e3,
+                    submit_mean_ms=statistics.fmean(sub) * 1e3,
                 )
-            )
+            if args.only != "submit":
+                base_fr, _ = asyncio.run(drive(base, 1, max(20, args.frontiers // 10), frontier))
+                fr, wall_fr = asyncio.run(drive(base, args.clients, args.frontiers, frontier))
+                report("frontier", base_fr, fr, wall_fr, args.clients, 200)
+                figures.update(frontier_p50_ms=percentile(fr, 50) * 1e3, frontier_p99_ms=percentile(fr, 99) * 1e3)
+            print(json.dumps({k: round(v, 2) for k, v in figures.items()}))
     finally:
         db.engine_for.cache_clear()
         with admin.connect() as conn:

@@ -8,6 +8,7 @@ job is ``{"mode", "objective_name", "axis", "scenario", "constraints", "points":
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -48,6 +49,8 @@ FRONTIER_RESPONSE: dict[str, Any] = {
     },
 }
 
+_FRONTIERS_LOCK = threading.Lock()  # guards the in-process caches below
+
 ProgressFn = Callable[[str, int, int], None]
 StopFn = Callable[[], None]
 
@@ -63,9 +66,41 @@ def load_library(settings: Settings, row: Library) -> BlockLibrary:
 # --- validation -----------------------------------------------------------------------------------------
 
 
+# values keep their library alive, so the id() in the key can never be reused by another library
+_VALIDATED: OrderedDict[tuple[Any, ...], tuple[BlockLibrary, list[tuple[list[str | int], str]]]] = OrderedDict()
+_VALIDATED_SIZE = 4096
+
+
 def validate_params(library: BlockLibrary, params: SearchParams | SolveRequest, *, where: str = "body") -> None:
-    """Every problem of a search request against ``library`` at once (InvalidInputError), before queueing:
-    the search engine's own parser resolves the objective and each constraint separately."""
+    """Every problem of a search request against ``library`` at once (InvalidInputError), before queueing.
+
+    Outcomes are remembered per (library, request) since building a 70B problem costs ~15 ms."""
+    key = (
+        id(library),
+        where,
+        params.objective,
+        getattr(params, "scenario", None),
+        getattr(params, "axis", None),
+        tuple(params.constraints),
+    )
+    with _FRONTIERS_LOCK:
+        hit = _VALIDATED.get(key)
+    if hit is not None:
+        problems = hit[1]
+    else:
+        problems = _problems(library, params, where=where)
+        with _FRONTIERS_LOCK:
+            _VALIDATED[key] = (library, problems)
+            while len(_VALIDATED) > _VALIDATED_SIZE:
+                _VALIDATED.popitem(last=False)
+    if problems:
+        raise InvalidInputError(problems)
+
+
+def _problems(
+    library: BlockLibrary, params: SearchParams | SolveRequest, *, where: str
+) -> list[tuple[list[str | int], str]]:
+    """The search engine's own parser resolves the objective and each constraint separately."""
     from puzzle.search.problem import build_problem
 
     problems: list[tuple[list[str | int], str]] = []
@@ -92,8 +127,7 @@ def validate_params(library: BlockLibrary, params: SearchParams | SolveRequest, 
             build_problem(library, objective, (text,), scenario=scenario)
         except ConfigError as exc:
             problems.append(([where, "constraints", i], str(exc)))
-    if problems:
-        raise InvalidInputError(problems)
+    return problems
 
 
 # --- points and views -----------------------------------------------------------------------------------
@@ -373,9 +407,8 @@ def solve_now(library: BlockLibrary, body: SolveRequest, *, library_id: int) -> 
 
 # --- frontier cache -------------------------------------------------------------------------------------
 
-_FRONTIERS: OrderedDict[str, bytes] = OrderedDict()
+_FRONTIERS: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()
 _FRONTIER_LOCKS: dict[str, threading.Lock] = {}
-_FRONTIERS_LOCK = threading.Lock()
 _FRONTIER_CACHE_SIZE = 32
 
 
@@ -390,9 +423,10 @@ def frontier_json(
     lo: float | None,
     hi: float | None,
     constraints: tuple[str, ...],
-) -> bytes:
-    """The frontier response body, computed once per (library digest, query): in-process LRU, then the
-    ``frontier_cache`` table (shared by every API process), then ``puzzle.search.frontier``."""
+) -> tuple[bytes, bytes]:
+    """The frontier response body as (JSON, gzip of it), computed once per (library digest, query): in-process
+    LRU, then the ``frontier_cache`` table (shared by every API process), then ``puzzle.search.frontier``.
+    A 20k-point frontier is megabytes of JSON: serving the pre-compressed copy costs no CPU per request."""
     query = {
         "objective": objective,
         "axis": axis,
@@ -447,9 +481,10 @@ def frontier_json(
             except IntegrityError:
                 session.rollback()
             body = text.encode()
+        entry = (body, gzip.compress(body, compresslevel=6))
         with _FRONTIERS_LOCK:
-            _FRONTIERS[key] = body
+            _FRONTIERS[key] = entry
             while len(_FRONTIERS) > _FRONTIER_CACHE_SIZE:
                 _FRONTIERS.popitem(last=False)
             _FRONTIER_LOCKS.pop(key, None)
-    return body
+    return entry

@@ -89,6 +89,7 @@ def get_library(library_id: LibraryIdPath, session: SessionDep) -> LibraryPublic
 @router.get("/{library_id}/frontier", response_class=Response, responses={200: search.FRONTIER_RESPONSE})
 def get_frontier(
     library_id: LibraryIdPath,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     axis: Annotated[str, Query(min_length=1, max_length=200, description="cost to sweep, e.g. runtime_ms")],
@@ -102,7 +103,7 @@ def get_frontier(
 ) -> Response:
     """The Pareto frontier of objective vs ``axis`` (cached per library and query)."""
     row = crud.get_library(session, library_id=library_id)
-    body = search.frontier_json(
+    raw, compressed = search.frontier_json(
         settings,
         session,
         row,
@@ -113,7 +114,11 @@ def get_frontier(
         hi=hi,
         constraints=tuple(constraint or ()),
     )
-    return Response(body, media_type="application/json")
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(
+            compressed, media_type="application/json", headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        )
+    return Response(raw, media_type="application/json", headers={"Vary": "Accept-Encoding"})
 
 
 @router.post("/{library_id}/solve", response_model=SolutionPublic)
