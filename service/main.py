@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
@@ -60,6 +61,20 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     app.state.engine = engine
     app.state.sessions = db.session_factory(engine)
     errors.install(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        """Refuse bodies over PUZZLE_MAX_UPLOAD_BYTES before reading them (413)."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_upload_bytes:
+            return JSONResponse(
+                {
+                    "detail": f"request body of {length} bytes exceeds PUZZLE_MAX_UPLOAD_BYTES={settings.max_upload_bytes}"
+                },
+                status_code=413,
+            )
+        return await call_next(request)
+
     app.include_router(api_router, prefix=API_PREFIX)
 
     @app.get("/", include_in_schema=False)

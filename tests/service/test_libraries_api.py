@@ -108,3 +108,12 @@ def test_nvlabs_70b_upload(client: TestClient, settings: Settings) -> None:
     assert body["format"] == "nvlabs" and body["n_layers"] == 80 and body["n_variants"] == 80 * 16
     assert body["hidden_size"] == 8192 and body["scenarios"][0]["batch_size"] == 256
     assert not list((settings.artifacts / "tmp").iterdir()), "the NVlabs scratch folder is cleaned up"
+
+
+def test_oversized_bodies_are_413(settings: Settings) -> None:
+    from service.main import create_app
+
+    small = settings.model_copy(update={"max_upload_bytes": 1000})
+    with TestClient(create_app(small)) as c:
+        r = c.post("/api/v1/libraries", json={"name": "big", "format": "puzzle", "data": make_library(2).to_dict()})
+        assert r.status_code == 413 and "PUZZLE_MAX_UPLOAD_BYTES=1000" in r.json()["detail"]
