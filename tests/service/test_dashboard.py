@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings
-from tests.service.fixtures import NVLABS, make_library, nvlabs_upload
+from tests.service.fixtures import NVLABS, make_library, needs_search, nvlabs_upload
 from tests.service.live import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,6 +37,7 @@ def _post(url: str, body: dict[str, Any]) -> Any:
         return json.loads(r.read())
 
 
+@needs_search
 def test_frontier_plot_equals_the_api_frontier(settings: Settings, pg_url: str) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service import db
 from service.settings import Settings
-from tests.service.fixtures import make_library, search_job, upload
+from tests.service.fixtures import make_library, needs_search, search_job, upload
 from workers.runner import Worker
 
 
@@ -24,6 +24,7 @@ def _brute_force(lib, max_runtime: float) -> float:  # type: ignore[no-untyped-d
     return best
 
 
+@needs_search
 def test_solve_is_optimal_against_brute_force(client: TestClient) -> None:
     lib = make_library(n_layers=3, seed=11)
     row = upload(client, lib, "brute-3")
@@ -38,6 +39,7 @@ def test_solve_is_optimal_against_brute_force(client: TestClient) -> None:
     assert sum(v.scenario_costs["pre"]["runtime_ms"] for v in chosen) <= 0.55 * parent_runtime + 1e-9
 
 
+@needs_search
 def test_infeasible_solve_is_422_naming_the_binding_constraint(client: TestClient, small_library: dict) -> None:
     r = client.post(f"/api/v1/libraries/{small_library['id']}/solve", json={"constraints": ["runtime_ms<=1%"]})
     assert r.status_code == 422
@@ -45,6 +47,7 @@ def test_infeasible_solve_is_422_naming_the_binding_constraint(client: TestClien
     assert "runtime_ms" in problem["msg"] and problem["minimum"] is not None and problem["minimum"] > 0
 
 
+@needs_search
 def test_solve_reports_every_bad_field_at_once(client: TestClient, small_library: dict) -> None:
     r = client.post(
         f"/api/v1/libraries/{small_library['id']}/solve",
@@ -55,6 +58,7 @@ def test_solve_reports_every_bad_field_at_once(client: TestClient, small_library
     assert {("body", "objective"), ("body", "scenario"), ("body", "constraints", 0), ("body", "constraints", 1)} <= locs
 
 
+@needs_search
 def test_frontier_endpoint_matches_the_engine_and_is_cached(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:
@@ -96,6 +100,7 @@ def test_frontier_endpoint_matches_the_engine_and_is_cached(
     }
 
 
+@needs_search
 def test_architecture_and_export_of_a_finished_job(client: TestClient, settings: Settings, small_library: dict) -> None:
     job_id = client.post("/api/v1/jobs", json=search_job(small_library["id"], constraints=["runtime_ms<=60%"])).json()[
         "id"
