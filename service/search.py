@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from puzzle.arch import to_block_configs
-from puzzle.errors import ConfigError, InfeasibleError
+from puzzle.errors import ConfigError
 from puzzle.library import BlockLibrary, Variant
 from service import libraries
 from service.errors import InvalidInputError
@@ -450,6 +450,8 @@ def frontier_json(
             body = cached.result.encode()
         else:
             library = load_library(settings, row)
+            if lo is not None and hi is not None and lo > hi:
+                raise InvalidInputError([(["query", "lo"], f"lo ({lo}) must not exceed hi ({hi})")])
             params = SearchParams(
                 mode="frontier",
                 objective=objective,
@@ -460,12 +462,9 @@ def frontier_json(
                 constraints=list(constraints),
             )
             validate_params(library, params, where="query")
-            try:
-                points = frontier_points(
-                    library, objective=objective, axis=axis, scenario=scenario, constraints=constraints, lo=lo, hi=hi
-                )
-            except InfeasibleError:
-                raise
+            points = frontier_points(
+                library, objective=objective, axis=axis, scenario=scenario, constraints=constraints, lo=lo, hi=hi
+            )
             payload = {
                 "library_id": row.id,
                 "objective_name": objective,
