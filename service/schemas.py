@@ -172,11 +172,11 @@ class SolveRequest(_Strict):
 
 
 class PointPublic(BaseModel):
-    """One architecture: its objective value, whole-model costs and chosen variant per layer."""
+    """One architecture: its objective value, whole-model costs and the index of the variant chosen per layer."""
 
     objective: float
     costs: dict[str, float]
-    choices: list[str]
+    choices: list[int]
     summary: str
 
 
