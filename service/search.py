@@ -16,7 +16,8 @@ import tarfile
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 from sqlalchemy.exc import IntegrityError
@@ -26,7 +27,7 @@ from puzzle.arch import to_block_configs
 from puzzle.errors import ConfigError
 from puzzle.library import BlockLibrary, Variant
 from service import libraries
-from service.errors import InvalidInputError
+from service.errors import InvalidInputError, NotAvailableError
 from service.models import FrontierCache, Library
 from service.schemas import ArchitecturePublic, LayerView, PointPublic, SearchParams, SolutionPublic, SolveRequest
 from service.settings import Settings
@@ -298,6 +299,19 @@ def export_archive(arch: ArchitecturePublic, result: dict[str, Any], *, point: i
 # --- running searches -----------------------------------------------------------------------------------
 
 
+@contextmanager
+def _available(what: str) -> Iterator[None]:
+    """A part of the search engine missing from this installation is a clear 422, not a crash."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("puzzle.search"):
+            raise
+        raise NotAvailableError(
+            f"{what} search is not available in this installation ({exc.name} is missing)", loc=("body", "mode")
+        ) from exc
+
+
 def _no_progress(_stage: str, _done: int, _total: int) -> None:
     return None
 
@@ -341,7 +355,8 @@ def run_search(
     if mode == "diverse":
         n = int(params.get("n", 5))
         progress("diverse", 0, n)
-        solutions = search.diverse(library, objective, constraints, n, int(params.get("d", 1)), scenario=scenario)
+        with _available("diverse"):
+            solutions = search.diverse(library, objective, constraints, n, int(params.get("d", 1)), scenario=scenario)
         progress("diverse", n, n)
         points = [point_from_solution(library, s.to_dict()) for s in solutions]
         return {**base, "points": points, "search": {"seconds": time.perf_counter() - started}}
@@ -374,7 +389,8 @@ def frontier_points(
     from puzzle import search
 
     progress("frontier", 0, 1)
-    front = search.frontier(library, objective, axis, constraints, scenario=scenario)
+    with _available("frontier"):
+        front = search.frontier(library, objective, axis, constraints, scenario=scenario)
     check_stop()
     raw = front.to_dict()["points"]
     points = []

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service import db
 from service.settings import Settings
-from tests.service.fixtures import make_library, needs_search, search_job, upload
+from tests.service.fixtures import make_library, needs_frontier, needs_search, search_job, upload
 from workers.runner import Worker
 
 
@@ -59,6 +59,7 @@ def test_solve_reports_every_bad_field_at_once(client: TestClient, small_library
 
 
 @needs_search
+@needs_frontier
 def test_frontier_endpoint_matches_the_engine_and_is_cached(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:

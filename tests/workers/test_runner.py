@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from service import crud, db
 from service import search as search_ops
 from service.settings import Settings
-from tests.service.fixtures import REPO, make_library, needs_search, search_job
+from tests.service.fixtures import REPO, make_library, needs_diverse, needs_frontier, needs_search, search_job
 from workers.runner import Worker
 
 
@@ -45,6 +45,7 @@ def _events(client: TestClient, job_id: int) -> list[dict[str, Any]]:
 
 
 @needs_search
+@needs_frontier
 def test_frontier_job_lifecycle_and_result_matches_the_search_engine(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:
@@ -225,6 +226,7 @@ def test_two_worker_processes_run_each_job_once(client: TestClient, settings: Se
 
 
 @needs_search
+@needs_diverse
 def test_search_result_shape_for_solve_and_diverse(settings: Settings, small_library: dict) -> None:
     library = make_library()
     solved = search_ops.run_search(library, search_job(small_library["id"], constraints=["runtime_ms<=60%"]))
