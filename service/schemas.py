@@ -16,6 +16,7 @@ Constraint = Annotated[str, Field(min_length=1, max_length=200)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["search", "pipeline"]
 SearchMode = Literal["solve", "frontier", "diverse"]
+SolverName = Literal["dp", "cpsat", "scip", "highs", "cbc"]  # puzzle.search.SOLVER_NAMES
 
 
 class _Strict(BaseModel):
@@ -84,6 +85,7 @@ class SearchParams(_Strict):
     axis: Key | None = Field(default=None, description="frontier: the cost to sweep (e.g. runtime_ms)")
     lo: float | None = Field(default=None, description="frontier: smallest value of the axis to include")
     hi: float | None = Field(default=None, description="frontier: largest value of the axis to include")
+    solver: SolverName | None = Field(default=None, description="MIP backend (default: dp, exact)")
     n: int = Field(default=5, ge=1, le=100, description="diverse: number of solutions")
     d: int = Field(default=1, ge=1, le=10_000, description="diverse: layers each solution must differ in")
 
@@ -169,6 +171,7 @@ class SolveRequest(_Strict):
     objective: Key = "kl_div"
     constraints: list[Constraint] = Field(default_factory=list, max_length=32, examples=[["runtime_ms<=50%"]])
     scenario: Key | None = None
+    solver: SolverName | None = Field(default=None, description="MIP backend (default: dp, exact)")
 
 
 class PointPublic(BaseModel):

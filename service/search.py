@@ -343,7 +343,7 @@ def run_search(
     }
     if mode == "solve":
         progress("solve", 0, 1)
-        solution = search.solve(library, objective, constraints, scenario=scenario)
+        solution = search.solve(library, objective, constraints, scenario=scenario, solver=params.get("solver"))
         progress("solve", 1, 1)
         sols = [solution.to_dict()]
         points = [point_from_solution(library, s) for s in sols]
@@ -356,7 +356,15 @@ def run_search(
         n = int(params.get("n", 5))
         progress("diverse", 0, n)
         with _available("diverse"):
-            solutions = search.diverse(library, objective, constraints, n, int(params.get("d", 1)), scenario=scenario)
+            solutions = search.diverse(
+                library,
+                objective,
+                constraints,
+                n,
+                int(params.get("d", 1)),
+                scenario=scenario,
+                solver=params.get("solver"),
+            )
         progress("diverse", n, n)
         points = [point_from_solution(library, s.to_dict()) for s in solutions]
         return {**base, "points": points, "search": {"seconds": time.perf_counter() - started}}
@@ -412,7 +420,9 @@ def solve_now(library: BlockLibrary, body: SolveRequest, *, library_id: int) -> 
     from puzzle import search
 
     validate_params(library, body)
-    solution = search.solve(library, body.objective, tuple(body.constraints), scenario=body.scenario).to_dict()
+    solution = search.solve(
+        library, body.objective, tuple(body.constraints), scenario=body.scenario, solver=body.solver
+    ).to_dict()
     return SolutionPublic(
         library_id=library_id,
         objective_name=body.objective,

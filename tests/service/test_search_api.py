@@ -37,6 +37,11 @@ def test_solve_is_optimal_against_brute_force(client: TestClient) -> None:
     assert abs(point["objective"] - _brute_force(lib, 0.55 * parent_runtime)) < 1e-9
     chosen = [lib.layers[i].variants[j] for i, j in enumerate(point["choices"])]
     assert sum(v.scenario_costs["pre"]["runtime_ms"] for v in chosen) <= 0.55 * parent_runtime + 1e-9
+    # a second, independent backend agrees
+    other = client.post(
+        f"/api/v1/libraries/{row['id']}/solve", json={"constraints": ["runtime_ms<=55%"], "solver": "cbc"}
+    ).json()
+    assert other["solver"] == "cbc" and abs(other["point"]["objective"] - point["objective"]) < 1e-6
 
 
 @needs_search
