@@ -15,11 +15,12 @@ import json
 import tarfile
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -162,42 +163,80 @@ def _mamba(v: Variant) -> dict[str, Any] | None:
     return {"kind": "mamba", "n_heads": m.n_heads, "head_dim": m.head_dim, "n_groups": m.n_groups}
 
 
-def summarise(library: BlockLibrary, choices: Sequence[int]) -> str:
-    """One line: how many layers keep attention (and KV heads), FFN width, what was removed."""
-    kv: Counter[int] = Counter()
-    linear_att = no_att = ffn_removed = ffn_linear = 0
-    ffn_pct: list[float] = []
-    for layer, j in zip(library.layers, choices, strict=True):
-        v = layer.variants[j]
-        att, ffn = _attention(v), _ffn(v, layer.parent)
-        if att is None or ffn is None:
-            return f"{sum(1 for lay, j in zip(library.layers, choices, strict=True) if lay.variants[j].is_parent)}/{library.n_layers} parent layers"
-        if att["kind"] == "gqa":
-            kv[att["n_kv_heads"]] += 1
-        elif att["kind"] == "linear":
-            linear_att += 1
-        else:
-            no_att += 1
-        if ffn["kind"] == "mlp":
-            ffn_pct.append(ffn.get("percent_of_parent", 100.0))
-        elif ffn["kind"] == "linear":
-            ffn_linear += 1
-        else:
-            ffn_removed += 1
+def _layer_table(library: BlockLibrary) -> dict[str, np.ndarray]:
+    """Per (layer, variant), padded to (L, J): attention kind code (0 gqa, 1 linear, 2 none, -1 unknown), KV heads,
+    FFN kind code (0 mlp, 1 linear, 2 none, -1 unknown) and FFN width in % of the parent's."""
+    n_layers, width = library.n_layers, max(len(layer.variants) for layer in library.layers)
+    table = {k: np.full((n_layers, width), -1.0) for k in ("att", "kv", "ffn", "pct")}
+    codes = {"gqa": 0, "mlp": 0, "linear": 1, "no_op": 2}
+    for i, layer in enumerate(library.layers):
+        for j, v in enumerate(layer.variants):
+            att, ffn = _attention(v), _ffn(v, layer.parent)
+            if att is not None:
+                table["att"][i, j] = codes[att["kind"]]
+                table["kv"][i, j] = att.get("n_kv_heads", 0)
+            if ffn is not None:
+                table["ffn"][i, j] = codes[ffn["kind"]]
+                table["pct"][i, j] = ffn.get("percent_of_parent", 100.0)
+    return table
+
+
+def summaries(library: BlockLibrary, choices: np.ndarray) -> list[str]:
+    """One line per architecture (rows of ``choices``, shape (P, L)): layers keeping attention and their KV
+    heads, FFN layers and mean width, what was replaced or removed."""
+    choices = np.asarray(choices, dtype=np.int64).reshape(-1, library.n_layers)
+    table, rows = _layer_table(library), np.arange(library.n_layers)
+    att, kv = table["att"][rows, choices], table["kv"][rows, choices]
+    ffn, pct = table["ffn"][rows, choices], table["pct"][rows, choices]
     n = library.n_layers
-    heads = ", ".join(f"{k}kv x{c}" for k, c in sorted(kv.items(), reverse=True))
-    parts = [f"attention {sum(kv.values())}/{n}" + (f" ({heads})" if heads else "")]
-    if linear_att:
-        parts.append(f"{linear_att} linear attn")
-    if no_att:
-        parts.append(f"{no_att} no attn")
-    mean = sum(ffn_pct) / len(ffn_pct) if ffn_pct else 0.0
-    parts.append(f"ffn {len(ffn_pct)}/{n} at {mean:.0f}% mean width")
-    if ffn_linear:
-        parts.append(f"{ffn_linear} linear ffn")
-    if ffn_removed:
-        parts.append(f"{ffn_removed} no ffn")
-    return "; ".join(parts)
+    kv_values = sorted({int(x) for x in np.unique(kv[att == 0])}, reverse=True)
+    kv_counts = {k: ((att == 0) & (kv == k)).sum(axis=1) for k in kv_values}
+    n_att, n_lin, n_none = (att == 0).sum(axis=1), (att == 1).sum(axis=1), (att == 2).sum(axis=1)
+    n_mlp, n_flin, n_fnone = (ffn == 0).sum(axis=1), (ffn == 1).sum(axis=1), (ffn == 2).sum(axis=1)
+    mean_pct = np.where(n_mlp > 0, np.where(ffn == 0, pct, 0.0).sum(axis=1) / np.maximum(n_mlp, 1), 0.0)
+    unknown = ((att < 0) | (ffn < 0)).any(axis=1)
+    out = []
+    for p in range(len(choices)):
+        if unknown[p]:
+            parents = sum(1 for i, j in enumerate(choices[p]) if library.layers[i].variants[j].is_parent)
+            out.append(f"{parents}/{n} parent layers")
+            continue
+        heads = ", ".join(f"{k}kv x{kv_counts[k][p]}" for k in kv_values if kv_counts[k][p])
+        parts = [f"attention {n_att[p]}/{n}" + (f" ({heads})" if heads else "")]
+        if n_lin[p]:
+            parts.append(f"{n_lin[p]} linear attn")
+        if n_none[p]:
+            parts.append(f"{n_none[p]} no attn")
+        parts.append(f"ffn {n_mlp[p]}/{n} at {mean_pct[p]:.0f}% mean width")
+        if n_flin[p]:
+            parts.append(f"{n_flin[p]} linear ffn")
+        if n_fnone[p]:
+            parts.append(f"{n_fnone[p]} no ffn")
+        out.append("; ".join(parts))
+    return out
+
+
+def summarise(library: BlockLibrary, choices: Sequence[int]) -> str:
+    return summaries(library, np.asarray([choices]))[0]
+
+
+def report_totals(library: BlockLibrary, choices: np.ndarray, scenario: str | None) -> dict[str, np.ndarray]:
+    """Whole-model totals per architecture (rows of ``choices``) under the keys a search ``Solution`` reports:
+    scenario-free costs and the scenario's costs (blocks + non-block part), summed by the search engine's own
+    ``cost_column``."""
+    from puzzle.search.problem import cost_column
+
+    keys = list(library.cost_keys) + (list(library.scenario_cost_keys(scenario)) if scenario else [])
+    rows = np.arange(library.n_layers)
+    width = max(len(layer.variants) for layer in library.layers)
+    out = {}
+    for key in keys:
+        _, _, cols, offset = cost_column(library, key, scenario)
+        table = np.zeros((library.n_layers, width))
+        for i, col in enumerate(cols):
+            table[i, : len(col)] = col
+        out[key] = table[rows, choices].sum(axis=1) + offset
+    return out
 
 
 def point_from_solution(library: BlockLibrary, solution: dict[str, Any]) -> dict[str, Any]:
@@ -312,6 +351,18 @@ def _available(what: str) -> Iterator[None]:
         ) from exc
 
 
+def _engine(name: str) -> Callable[..., Any]:
+    """``puzzle.search.<name>`` (frontier, diverse). Importing the submodule of the same name rebinds the package
+    attribute to the module, so fall back to the module's entry point when that happened."""
+    from puzzle import search
+
+    fn = getattr(search, name)
+    if callable(fn):
+        return cast(Callable[..., Any], fn)
+    entry = {"frontier": "compute_frontier", "diverse": "diverse_solutions"}[name]
+    return cast(Callable[..., Any], getattr(fn, entry))
+
+
 def _no_progress(_stage: str, _done: int, _total: int) -> None:
     return None
 
@@ -356,7 +407,7 @@ def run_search(
         n = int(params.get("n", 5))
         progress("diverse", 0, n)
         with _available("diverse"):
-            solutions = search.diverse(
+            solutions = _engine("diverse")(
                 library,
                 objective,
                 constraints,
@@ -394,24 +445,36 @@ def frontier_points(
     progress: ProgressFn = _no_progress,
     check_stop: StopFn = _no_stop,
 ) -> list[dict[str, Any]]:
-    from puzzle import search
 
     progress("frontier", 0, 1)
     with _available("frontier"):
-        front = search.frontier(library, objective, axis, constraints, scenario=scenario)
+        front = _engine("frontier")(library, objective, axis, constraints, scenario=scenario)
     check_stop()
-    raw = front.to_dict()["points"]
-    points = []
-    for i, s in enumerate(raw):
-        p = point_from_solution(library, s)
-        value = p["costs"].get(axis)
-        if (lo is not None and value is not None and value < lo) or (
-            hi is not None and value is not None and value > hi
-        ):
-            continue
-        points.append(p)
-        if i % 2000 == 1999:
-            check_stop()
+    choices = np.asarray(front.choices, dtype=np.int64).reshape(-1, library.n_layers)
+    axis_values = np.asarray(front.axis_values, dtype=float)
+    keep = np.ones(len(axis_values), dtype=bool)
+    if lo is not None:
+        keep &= axis_values >= lo
+    if hi is not None:
+        keep &= axis_values <= hi
+    choices, axis_values = choices[keep], axis_values[keep]
+    objectives = np.asarray(front.objectives, dtype=float)[keep]
+    scen = library.resolve_scenario(scenario)
+    totals = report_totals(library, choices, scen)
+    name, axis_scenario = library.resolve_cost_key(axis, scen)
+    axis_key = name if axis_scenario is None or axis_scenario == scen else f"{name}@{axis_scenario}"
+    totals[axis_key] = axis_values  # the engine's own sums for the axis
+    texts = summaries(library, choices)
+    check_stop()
+    points = [
+        {
+            "objective": float(objectives[p]),
+            "costs": {k: float(v[p]) for k, v in totals.items()},
+            "choices": choices[p].tolist(),
+            "summary": texts[p],
+        }
+        for p in range(len(choices))
+    ]
     progress("frontier", 1, 1)
     return points
 

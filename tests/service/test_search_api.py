@@ -68,15 +68,23 @@ def test_solve_reports_every_bad_field_at_once(client: TestClient, small_library
 def test_frontier_endpoint_matches_the_engine_and_is_cached(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:
-    from puzzle import search as puzzle_search
+    from service.search import _engine
 
     url = f"/api/v1/libraries/{small_library['id']}/frontier"
     r = client.get(url, params={"objective": "kl_div", "axis": "runtime_ms"})
     assert r.status_code == 200, r.text
     body = r.json()
-    reference = puzzle_search.frontier(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
+    reference = _engine("frontier")(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
     assert [p["choices"] for p in body["points"]] == [list(s["choices"]) for s in reference]
     assert body["axis"] == "runtime_ms" and body["scenario"] == "pre" and len(body["points"]) >= 3
+    lib = make_library()
+    for p in body["points"]:  # costs re-summed independently from the library's variants
+        chosen = [lib.layers[i].variants[j] for i, j in enumerate(p["choices"])]
+        assert abs(p["costs"]["runtime_ms"] - sum(v.scenario_costs["pre"]["runtime_ms"] for v in chosen)) < 1e-9
+        assert abs(p["costs"]["num_params"] - sum(v.costs["num_params"] for v in chosen)) < 1e-6
+        assert abs(p["objective"] - sum(v.metrics["kl_div"] for v in chosen)) < 1e-9
+    objectives = [p["objective"] for p in body["points"]]
+    assert objectives == sorted(objectives, reverse=True)  # cheaper runtime, worse quality: a real trade-off
     assert r.headers["content-encoding"] == "gzip"  # pre-compressed copy for clients that accept it
     again = client.get(
         url, params={"objective": "kl_div", "axis": "runtime_ms"}, headers={"Accept-Encoding": "identity"}

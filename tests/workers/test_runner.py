@@ -60,9 +60,9 @@ def test_frontier_job_lifecycle_and_result_matches_the_search_engine(
     assert types[:2] == [("state", "queued"), ("state", "running")] and types[-1] == ("state", "succeeded")
     assert ("progress", None) in types
     result = client.get(f"/api/v1/jobs/{job_id}/result").json()
-    from puzzle import search as puzzle_search
+    from service.search import _engine
 
-    reference = puzzle_search.frontier(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
+    reference = _engine("frontier")(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
     assert [p["choices"] for p in result["points"]] == [list(s["choices"]) for s in reference]
     assert [p["objective"] for p in result["points"]] == [s["objective"] for s in reference]
     assert worker.run_once() is None  # queue empty
