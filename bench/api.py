@@ -74,6 +74,7 @@ def main() -> int:
     parser.add_argument("--submits", type=int, default=1000)
     parser.add_argument("--frontiers", type=int, default=300)
     parser.add_argument("--uvicorn-workers", type=int, default=1)
+    parser.add_argument("--view", default="columns", choices=["columns", "points"], help="frontier response view")
     parser.add_argument("--only", choices=["submit", "frontier"], help="measure just one of the two")
     args = parser.parse_args()
 
@@ -94,7 +95,9 @@ def main() -> int:
                 else {"name": "bench-generated", "format": "puzzle", "data": make_library(40, seed=1).to_dict()}
             )
             library = httpx.post(f"{base}/api/v1/libraries", json=upload, timeout=120).json()
-            frontier_url = f"/api/v1/libraries/{library['id']}/frontier?objective=kl_div&axis=runtime_ms"
+            frontier_url = (
+                f"/api/v1/libraries/{library['id']}/frontier?objective=kl_div&axis=runtime_ms&view={args.view}"
+            )
             per_layer = library["n_variants"] // library["n_layers"]
             print(f"library {library['name']}: {library['n_layers']} layers x {per_layer} variants")
             figures: dict[str, float] = {}
@@ -103,7 +106,8 @@ def main() -> int:
                 first = httpx.get(base + frontier_url, timeout=600)
                 cold = time.perf_counter() - t0
                 assert first.status_code == 200, first.text[:500]
-                figures["frontier_points"] = len(first.json()["points"])
+                parsed = first.json()
+                figures["frontier_points"] = len(parsed.get("points") or parsed.get("axis_values"))
                 print(
                     f"frontier: {figures['frontier_points']:.0f} points, {len(first.content) / 1e6:.1f} MB JSON, "
                     f"first (uncached) request {cold:.2f} s"

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ def serve(
     """Run ``puzzle serve`` on a free loopback port (and ``workers`` ``puzzle worker`` processes); yields the base URL."""
     port = free_port()
     env = _env(database_url, artifacts, extra_env)
+    log = tempfile.NamedTemporaryFile(prefix="puzzle-serve-", suffix=".log", delete=False)  # noqa: SIM115
     procs = [
         subprocess.Popen(
             [
@@ -63,7 +65,7 @@ def serve(
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log,
         )
     ]
     procs += [
@@ -81,7 +83,7 @@ def serve(
         deadline = time.monotonic() + 60
         while True:
             if procs[0].poll() is not None:
-                raise RuntimeError(f"puzzle serve exited: {procs[0].stderr.read().decode() if procs[0].stderr else ''}")
+                raise RuntimeError(f"puzzle serve exited: {Path(log.name).read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{base}/api/v1/ready", timeout=2) as r:
                     if r.status == 200:
@@ -92,7 +94,10 @@ def serve(
                 raise RuntimeError("puzzle serve did not become ready in 60 s")
             time.sleep(0.2)
         yield base
+        if procs[0].poll() is not None:
+            raise RuntimeError(f"puzzle serve died: {Path(log.name).read_text()[-3000:]}")
     finally:
+        log.close()
         for p in procs:
             p.terminate()
         for p in procs:

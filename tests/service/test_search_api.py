@@ -107,6 +107,9 @@ def test_frontier_endpoint_matches_the_engine_and_is_cached(
     assert [p["choices"] for p in bounded["points"]] == [
         p["choices"] for p, x in zip(body["points"], xs, strict=True) if lo <= x <= hi
     ]
+    columns = client.get(url, params={"objective": "kl_div", "axis": "runtime_ms", "view": "columns"}).json()
+    assert columns["axis_values"] == xs and columns["objectives"] == [p["objective"] for p in body["points"]]
+    assert columns["summaries"] == [p["summary"] for p in body["points"]] and "points" not in columns
     bad = client.get(url, params={"objective": "kl_div", "axis": "watts", "scenario": "mars"})
     assert bad.status_code == 422 and {tuple(p["loc"]) for p in bad.json()["detail"]} == {
         ("query", "axis"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -97,6 +97,9 @@ def get_frontier(
     scenario: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     lo: Annotated[float | None, Query(description="smallest axis value to include")] = None,
     hi: Annotated[float | None, Query(description="largest axis value to include")] = None,
+    view: Annotated[
+        Literal["points", "columns"], Query(description="points: objects with costs and choices; columns: plot arrays")
+    ] = "points",
     constraint: Annotated[
         list[str] | None, Query(max_length=32, description="extra bounds, e.g. num_params<=60%")
     ] = None,
@@ -113,6 +116,7 @@ def get_frontier(
         lo=lo,
         hi=hi,
         constraints=tuple(constraint or ()),
+        view=view,
     )
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(
