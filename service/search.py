@@ -194,7 +194,7 @@ def summaries(library: BlockLibrary, choices: np.ndarray) -> list[str]:
     n_att, n_lin, n_none = (att == 0).sum(axis=1), (att == 1).sum(axis=1), (att == 2).sum(axis=1)
     n_mlp, n_flin, n_fnone = (ffn == 0).sum(axis=1), (ffn == 1).sum(axis=1), (ffn == 2).sum(axis=1)
     mean_pct = np.where(n_mlp > 0, np.where(ffn == 0, pct, 0.0).sum(axis=1) / np.maximum(n_mlp, 1), 0.0)
-    unknown = ((att < 0) | (ffn < 0)).any(axis=1)
+    unknown = np.asarray(((att < 0) | (ffn < 0)).any(axis=1))
     out = []
     for p in range(len(choices)):
         if unknown[p]:
