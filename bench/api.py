@@ -42,6 +42,7 @@ def percentile(values: list[float], q: float) -> float:
 async def drive(base: str, clients: int, total: int, request) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
     """``total`` requests spread over ``clients`` concurrent connections; returns latencies (s) and wall time."""
     latencies: list[float] = []
+    errors: list[str] = []
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
@@ -49,12 +50,18 @@ async def drive(base: str, clients: int, total: int, request) -> tuple[list[floa
         async def one_client() -> None:
             for i in counter:
                 start = time.perf_counter()
-                response = await request(client, i)
+                try:
+                    response = await request(client, i)
+                except httpx.TransportError as exc:
+                    errors.append(type(exc).__name__)
+                    continue
                 latencies.append(time.perf_counter() - start)
                 assert response.status_code < 300, response.text[:300]
 
         wall = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
+        if errors:
+            print(f"  {len(errors)} of {total} requests failed at the transport level: {sorted(set(errors))}")
         return latencies, time.perf_counter() - wall
 
 

@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument(
+        "--keep-alive", type=float, default=30.0, help="seconds an idle keep-alive connection stays open"
+    )
     serve.set_defaults(func=_serve)
 
     worker = subparsers.add_parser("worker", help="claim and run queued jobs")
@@ -77,7 +80,14 @@ def _serve(args: argparse.Namespace) -> int:
         db.check_schema(engine)  # fail here with one line, not inside uvicorn
     finally:
         engine.dispose()
-    uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout_keep_alive=args.keep_alive,
+    )
     return 0
 
 
