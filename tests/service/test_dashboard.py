@@ -37,6 +37,7 @@ def _post(url: str, body: dict[str, Any]) -> Any:
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 @needs_search
 @needs_frontier
 def test_frontier_plot_equals_the_api_frontier(settings: Settings, pg_url: str) -> None:
@@ -108,5 +109,27 @@ def test_frontier_plot_equals_the_api_frontier(settings: Settings, pg_url: str) 
             with page.expect_download() as download:
                 page.click("#arch-export")
             assert download.value.suggested_filename == f"puzzle-job{job_id}-point{clicked['point']}.tar.gz"
+            # compare with a second job's frontier (objective lm_loss), run through the API
+            other = _post(
+                f"{base}/api/v1/jobs",
+                {
+                    "kind": "search",
+                    "library_id": library["id"],
+                    "mode": "frontier",
+                    "objective": "lm_loss",
+                    "axis": "runtime_ms",
+                },
+            )
+            for _ in range(600):
+                if _get(f"{base}/api/v1/jobs/{other['id']}")["state"] == "succeeded":
+                    break
+                page.wait_for_timeout(200)
+            page.reload()
+            page.wait_for_selector("#frontier-plot[data-ready='1']", timeout=60_000)
+            page.wait_for_selector(f"#compare-job option[value='{other['id']}']", state="attached")
+            page.select_option("#compare-job", str(other["id"]))
+            page.wait_for_function("() => document.getElementById('frontier-plot').data.length === 2")
+            second = page.evaluate("() => document.getElementById('frontier-plot').data[1].y")
+            assert second == [pt["objective"] for pt in _get(f"{base}/api/v1/jobs/{other['id']}/result")["points"]]
             assert errors == []
             browser.close()
