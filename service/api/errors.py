@@ -1,0 +1,54 @@
+"""The one place errors become HTTP responses.
+
+422  invalid input: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}, ...]}`` listing every problem
+     (request validation, and any ConfigError / LibraryError / DataError / InfeasibleError raised while
+     serving the request; InfeasibleError adds the binding ``constraint`` and its ``minimum``)
+404  NotFoundError          409  ConflictError          401  UnauthorizedError (with WWW-Authenticate)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from puzzle.errors import InfeasibleError, PuzzleError
+from service.errors import ConflictError, InvalidInputError, NotAvailableError, NotFoundError, UnauthorizedError
+
+
+def _problems(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        item = {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        out.append(item)
+    return out
+
+
+def puzzle_error_response(exc: PuzzleError) -> JSONResponse:
+    if isinstance(exc, NotFoundError):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+    if isinstance(exc, ConflictError):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+    if isinstance(exc, UnauthorizedError):
+        return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, InvalidInputError):
+        items = [{"loc": loc, "msg": msg, "type": "invalid"} for loc, msg in exc.problems]
+        return JSONResponse({"detail": items}, status_code=422)
+    loc = exc.loc if isinstance(exc, NotAvailableError) else ["body"]
+    problem: dict[str, Any] = {"loc": loc, "msg": str(exc), "type": type(exc).__name__}
+    if isinstance(exc, InfeasibleError):
+        problem.update(constraint=exc.constraint, minimum=exc.minimum)
+    return JSONResponse({"detail": [problem]}, status_code=422)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_encoder(_problems(exc))}, status_code=422)
+
+    @app.exception_handler(PuzzleError)
+    async def _puzzle(_request: Request, exc: PuzzleError) -> JSONResponse:
+        return puzzle_error_response(exc)

@@ -1,0 +1,374 @@
+"""Every read and write of the job store (keyword-only functions over a ``Session``).
+
+Job state machine: queued -> running -> succeeded | failed | cancelled. A running job belongs to the worker
+that claimed it (``worker_id``); every write a worker makes checks it still owns the job, so a job that was
+re-queued after its worker went silent can never be finished twice. Events are only ever inserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, Update, and_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from puzzle.errors import ConfigError
+from service.errors import ConflictError, NotFoundError
+from service.models import TERMINAL_STATES, IdempotencyKey, Job, JobEvent, Library, utcnow
+
+# ETA is reported once this many units are done and this much of the stage has elapsed.
+ETA_MIN_UNITS = 2
+ETA_MIN_SECONDS = 1.0
+
+
+class LostJobError(RuntimeError):
+    """The worker no longer owns the job (re-queued after a missed heartbeat, or finished elsewhere)."""
+
+
+def _updated(session: Session, statement: Update) -> int:
+    """Rows an UPDATE changed."""
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
+def body_hash(body: Any) -> str:
+    """SHA-256 of the canonical JSON of a request body."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --- cursors -------------------------------------------------------------------------------------------------
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = raw.partition(":")
+        number = int(value)
+        if prefix != "id" or not 0 < number < 2**63:
+            raise ValueError(raw)
+        return number
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cursor {cursor!r} is not one this API returned; pass next_cursor unchanged") from exc
+
+
+# --- libraries -----------------------------------------------------------------------------------------------
+
+
+def get_library(session: Session, *, library_id: int) -> Library:
+    library = session.get(Library, library_id)
+    if library is None:
+        raise NotFoundError(f"no library with id {library_id}")
+    return library
+
+
+def get_library_by_name(session: Session, *, name: str) -> Library | None:
+    return session.scalars(select(Library).where(Library.name == name)).first()
+
+
+def create_library(
+    session: Session, *, name: str, fmt: str, digest: str, path: str, n_layers: int, n_variants: int, summary: dict
+) -> Library:
+    library = Library(
+        name=name, format=fmt, digest=digest, path=path, n_layers=n_layers, n_variants=n_variants, summary=summary
+    )
+    session.add(library)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ConflictError(f"a library named {name!r} already exists with other content; choose another name") from exc
+    return library
+
+
+def list_libraries(session: Session, *, limit: int, cursor: str | None = None) -> tuple[list[Library], str | None]:
+    query = select(Library).order_by(Library.id.desc()).limit(limit + 1)
+    if cursor:
+        query = query.where(Library.id < decode_cursor(cursor))
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].id) if more else None
+
+
+# --- jobs: submit, read, cancel ------------------------------------------------------------------------------
+
+
+def add_event(session: Session, *, job_id: int, type: str, data: dict[str, Any] | None = None) -> JobEvent:
+    event = JobEvent(job_id=job_id, type=type, data=data or {}, at=utcnow())
+    session.add(event)
+    return event
+
+
+def submit_job(
+    session: Session,
+    *,
+    kind: str,
+    spec: dict[str, Any],
+    library_id: int | None,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Create a queued job; with an idempotency key a replay returns the first job. Returns (job, replayed).
+
+    The caller commits. Raises ConflictError when the key was used with another body.
+    """
+    digest = body_hash({"kind": kind, "spec": spec})
+    if idempotency_key is not None:
+        existing = _job_for_key(session, key=idempotency_key, digest=digest)
+        if existing is not None:
+            return existing, True
+    job = Job(
+        kind=kind,
+        state="queued",
+        spec=spec,
+        library_id=library_id,
+        max_attempts=max_attempts,
+        attempts=0,
+        cancel_requested=False,
+        progress_done=0,
+        progress_total=0,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job_id=job.id, type="state", data={"state": "queued"})
+    if idempotency_key is not None:
+        session.add(IdempotencyKey(key=idempotency_key, request_hash=digest, job_id=job.id, created_at=utcnow()))
+        try:
+            session.flush()
+        except IntegrityError:
+            # Another request with the same key won the race: return its job.
+            session.rollback()
+            existing = _job_for_key(session, key=idempotency_key, digest=digest)
+            assert existing is not None
+            return existing, True
+    return job, False
+
+
+def _job_for_key(session: Session, *, key: str, digest: str) -> Job | None:
+    row = session.get(IdempotencyKey, key)
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise ConflictError(
+            f"Idempotency-Key {key!r} was already used with a different request body; use a new key for a new request"
+        )
+    return session.get(Job, row.job_id)
+
+
+def get_job(session: Session, *, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    states: list[str] | None = None,
+    kinds: list[str] | None = None,
+) -> tuple[list[Job], str | None]:
+    """Newest first; ``next_cursor`` is None on the last page."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if cursor:
+        query = query.where(Job.id < decode_cursor(cursor))
+    if states:
+        query = query.where(Job.state.in_(states))
+    if kinds:
+        query = query.where(Job.kind.in_(kinds))
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].id) if more else None
+
+
+def cancel_job(session: Session, *, job_id: int) -> Job:
+    """Queued -> cancelled now; running -> cancel requested (the worker stops at its next check)."""
+    now = utcnow()
+    done = _updated(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued")
+        .values(state="cancelled", finished_at=now, cancel_requested=True),
+    )
+    if done:
+        add_event(session, job_id=job_id, type="state", data={"state": "cancelled", "reason": "cancelled while queued"})
+        session.flush()
+        return get_job(session, job_id=job_id)
+    asked = _updated(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.cancel_requested.is_(False))
+        .values(cancel_requested=True),
+    )
+    if asked:
+        add_event(session, job_id=job_id, type="cancel_requested", data={})
+        session.flush()
+    job = get_job(session, job_id=job_id)
+    session.refresh(job)
+    if job.state in TERMINAL_STATES:
+        raise ConflictError(f"job {job_id} already {job.state}; only queued or running jobs can be cancelled")
+    return job
+
+
+def list_events(session: Session, *, job_id: int, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id).limit(limit)
+    return list(session.scalars(query))
+
+
+# --- jobs: the worker side -----------------------------------------------------------------------------------
+
+
+def claim_job(session: Session, *, worker_id: str, kinds: list[str] | None = None) -> Job | None:
+    """Take the oldest queued job: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers
+    never block on or share a job; on SQLite (one writer at a time) the guarded UPDATE below does the same.
+    The caller commits."""
+    query = select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
+    if kinds:
+        query = query.where(Job.kind.in_(kinds))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    job_id = session.scalar(query)
+    if job_id is None:
+        return None
+    now = utcnow()
+    claimed = _updated(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued")
+        .values(
+            state="running",
+            worker_id=worker_id,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            heartbeat_at=now,
+            stage=None,
+            stage_started_at=None,
+            progress_done=0,
+            progress_total=0,
+            eta_s=None,
+        ),
+    )
+    if not claimed:
+        return None
+    job = get_job(session, job_id=job_id)
+    session.refresh(job)
+    add_event(
+        session, job_id=job_id, type="state", data={"state": "running", "worker": worker_id, "attempt": job.attempts}
+    )
+    return job
+
+
+def _owned(job_id: int, worker_id: str) -> Any:
+    return and_(Job.id == job_id, Job.worker_id == worker_id, Job.state == "running")
+
+
+def heartbeat(session: Session, *, job_id: int, worker_id: str) -> bool:
+    """Record that the worker is alive; returns whether a cancel was requested. LostJobError if not owned."""
+    done = _updated(session, update(Job).where(_owned(job_id, worker_id)).values(heartbeat_at=utcnow()))
+    if not done:
+        raise LostJobError(f"job {job_id} is no longer owned by {worker_id}")
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def set_progress(session: Session, *, job_id: int, worker_id: str, stage: str, done: int, total: int) -> float | None:
+    """Update stage progress (new stage: restart its clock); returns the ETA in seconds once it is stable."""
+    job = session.scalar(select(Job).where(_owned(job_id, worker_id)))
+    if job is None:
+        raise LostJobError(f"job {job_id} is no longer owned by {worker_id}")
+    now = utcnow()
+    if job.stage != stage or job.stage_started_at is None:
+        job.stage, job.stage_started_at = stage, now
+    assert job.stage_started_at is not None
+    elapsed = (now - job.stage_started_at).total_seconds()
+    eta = None
+    if total > 0 and done >= ETA_MIN_UNITS and elapsed >= ETA_MIN_SECONDS:
+        eta = max(0.0, elapsed / done * (total - done))
+    job.progress_done, job.progress_total, job.eta_s, job.heartbeat_at = done, total, eta, now
+    add_event(
+        session, job_id=job_id, type="progress", data={"stage": stage, "done": done, "total": total, "eta_s": eta}
+    )
+    return eta
+
+
+def log(session: Session, *, job_id: int, message: str, data: dict[str, Any] | None = None) -> None:
+    add_event(session, job_id=job_id, type="log", data={"message": message, **(data or {})})
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: int,
+    worker_id: str,
+    state: str,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """Move an owned running job to a terminal state; False when the worker had lost it."""
+    assert state in TERMINAL_STATES, state
+    done = _updated(
+        session,
+        update(Job)
+        .where(_owned(job_id, worker_id))
+        .values(state=state, result=result, error=error, finished_at=utcnow(), eta_s=None),
+    )
+    if not done:
+        return False
+    data: dict[str, Any] = {"state": state}
+    if error:
+        data["error"] = error
+    add_event(session, job_id=job_id, type="state", data=data)
+    return True
+
+
+def requeue_stale(session: Session, *, stale_after_s: float, now: datetime | None = None) -> list[int]:
+    """Running jobs whose heartbeat is older than ``stale_after_s``: re-queue them while attempts remain,
+    else fail them. Returns the ids touched. The caller commits."""
+    now = now or utcnow()
+    threshold = now - timedelta(seconds=stale_after_s)
+    query = select(Job).where(Job.state == "running", Job.heartbeat_at < threshold).order_by(Job.id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    touched = []
+    for job in session.scalars(query):
+        lost = {
+            "worker": job.worker_id,
+            "attempt": job.attempts,
+            "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+        }
+        if job.cancel_requested:
+            job.state, job.finished_at = "cancelled", now
+            add_event(
+                session, job_id=job.id, type="state", data={"state": "cancelled", **lost, "reason": "worker lost"}
+            )
+        elif job.attempts < job.max_attempts:
+            job.state, job.worker_id = "queued", None
+            add_event(session, job_id=job.id, type="requeued", data={**lost, "reason": "worker heartbeat stale"})
+            add_event(session, job_id=job.id, type="state", data={"state": "queued"})
+        else:
+            job.state, job.finished_at = "failed", now
+            job.error = (
+                f"worker lost {job.attempts} time(s) (no heartbeat for {stale_after_s:g} s); "
+                f"gave up after max_attempts={job.max_attempts}"
+            )
+            add_event(session, job_id=job.id, type="state", data={"state": "failed", "error": job.error, **lost})
+        touched.append(job.id)
+    return touched
+
+
+def get_library_or_none(session: Session, *, library_id: int) -> Library | None:
+    return session.get(Library, library_id)

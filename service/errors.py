@@ -1,0 +1,37 @@
+"""Errors the service raises on purpose (all ``PuzzleError``s); ``service.api.errors`` maps them to HTTP."""
+
+from __future__ import annotations
+
+from puzzle.errors import ConfigError, PuzzleError
+
+
+class NotFoundError(PuzzleError):
+    """An id in the request names nothing (HTTP 404)."""
+
+
+class ConflictError(PuzzleError):
+    """The request contradicts the current state (HTTP 409): e.g. a reused Idempotency-Key with another body."""
+
+
+class UnauthorizedError(PuzzleError):
+    """A write without the configured bearer token (HTTP 401)."""
+
+
+class NotAvailableError(ConfigError):
+    """A valid request for something this installation cannot do yet (HTTP 422 at ``loc``)."""
+
+    def __init__(self, message: str, *, loc: tuple[str, ...] = ("body",)):
+        super().__init__(message)
+        self.loc = list(loc)
+
+
+class SchemaOutdatedError(ConfigError):
+    """The database schema is older (or newer) than this code; ``puzzle db upgrade`` fixes it."""
+
+
+class InvalidInputError(ConfigError):
+    """One or more problems with a request's content found after parsing (HTTP 422 listing each)."""
+
+    def __init__(self, problems: list[tuple[list[str | int], str]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        self.problems = problems

@@ -1,0 +1,238 @@
+"""Request and response bodies: ``XCreate`` (what a client sends), ``XPublic`` (one), ``XsPublic`` (a page)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Names are labels only (never paths): letters, digits, '_', '.', '-', starting with a letter or digit.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=100)]
+Key = Annotated[str, Field(min_length=1, max_length=200)]
+Constraint = Annotated[str, Field(min_length=1, max_length=200)]
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["search", "pipeline"]
+SearchMode = Literal["solve", "frontier", "diverse"]
+SolverName = Literal["dp", "cpsat", "scip", "highs", "cbc"]  # puzzle.search.SOLVER_NAMES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- libraries -------------------------------------------------------------------------------------------
+
+
+class NVlabsLibrary(_Strict):
+    """The three files of an NVlabs Puzzle demo library, as JSON objects."""
+
+    block_library: dict[str, Any] = Field(description="block_library.json: {layer_i: {variant: {stats, metrics}}}")
+    measurement_info: dict[str, Any] = Field(description="measurement_info.json: gpu, dtype, batch_size, ...")
+    parent_block_stats: dict[str, Any] = Field(description="parent_block_stats.json: {stats, metrics}")
+
+
+class LibraryCreate(_Strict):
+    """Upload a block library: ``format`` puzzle (our ``library.json``) or nvlabs (its three files)."""
+
+    name: Name
+    format: Literal["puzzle", "nvlabs"] = "puzzle"
+    data: dict[str, Any] = Field(description="puzzle: the library.json object; nvlabs: an NVlabsLibrary object")
+
+
+class ScenarioPublic(BaseModel):
+    name: str
+    kind: str
+    batch_size: int
+    seq_len: int
+    device: str
+    dtype: str
+
+
+class LibraryPublic(BaseModel):
+    id: int
+    name: str
+    digest: str
+    format: str
+    n_layers: int
+    n_variants: int
+    family: str | None
+    hidden_size: int | None
+    metric_keys: list[str]
+    cost_keys: list[str]
+    scenarios: list[ScenarioPublic]
+    default_scenario: str | None
+    created_at: datetime
+
+
+class LibrariesPublic(BaseModel):
+    data: list[LibraryPublic]
+    next_cursor: str | None = None
+
+
+# --- jobs --------------------------------------------------------------------------------------------------
+
+
+class SearchParams(_Strict):
+    """What to search for in a stored library."""
+
+    mode: SearchMode = "solve"
+    objective: Key = Field(default="kl_div", description="a metric of the library (e.g. kl_div, lm_loss)")
+    constraints: list[Constraint] = Field(default_factory=list, max_length=32, examples=[["runtime_ms<=50%"]])
+    scenario: Key | None = None
+    axis: Key | None = Field(default=None, description="frontier: the cost to sweep (e.g. runtime_ms)")
+    lo: float | None = Field(default=None, description="frontier: smallest value of the axis to include")
+    hi: float | None = Field(default=None, description="frontier: largest value of the axis to include")
+    solver: SolverName | None = Field(default=None, description="MIP backend (default: dp, exact)")
+    n: int = Field(default=5, ge=1, le=100, description="diverse: number of solutions")
+    d: int = Field(default=1, ge=1, le=10_000, description="diverse: layers each solution must differ in")
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchParams:
+        problems = []
+        if self.mode == "frontier" and not self.axis:
+            problems.append("mode 'frontier' needs 'axis' (the cost to sweep, e.g. runtime_ms)")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            problems.append(f"lo ({self.lo}) must not exceed hi ({self.hi})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class SearchJobCreate(SearchParams):
+    kind: Literal["search"]
+    library_id: int = Field(ge=1, le=2**63 - 1)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+class PipelineJobCreate(_Strict):
+    """Parent -> library -> search -> export. Refused with 422 until the builder and the exporter exist."""
+
+    kind: Literal["pipeline"]
+    parent: Key = Field(description="the parent checkpoint (a Hugging Face directory known to the workers)")
+    search: SearchParams = Field(default_factory=SearchParams)
+    export: bool = True
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+JobCreate = Annotated[SearchJobCreate | PipelineJobCreate, Field(discriminator="kind")]
+
+
+class Progress(BaseModel):
+    stage: str | None
+    done: int
+    total: int
+    eta_s: float | None = Field(description="seconds left in this stage, once the rate is stable")
+
+
+class JobPublic(BaseModel):
+    id: int
+    kind: str
+    state: JobState
+    spec: dict[str, Any]
+    library_id: int | None
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    worker_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    progress: Progress
+    error: str | None
+    has_result: bool
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = None
+
+
+class JobEventPublic(BaseModel):
+    id: int
+    job_id: int
+    at: datetime
+    type: str
+    data: dict[str, Any]
+
+
+class JobEventsPublic(BaseModel):
+    data: list[JobEventPublic]
+    last_id: int = Field(description="pass as ?after= to get only newer events")
+
+
+# --- search results -------------------------------------------------------------------------------------
+
+
+class SolveRequest(_Strict):
+    objective: Key = "kl_div"
+    constraints: list[Constraint] = Field(default_factory=list, max_length=32, examples=[["runtime_ms<=50%"]])
+    scenario: Key | None = None
+    solver: SolverName | None = Field(default=None, description="MIP backend (default: dp, exact)")
+
+
+class PointPublic(BaseModel):
+    """One architecture: its objective value, whole-model costs and the index of the variant chosen per layer."""
+
+    objective: float
+    costs: dict[str, float]
+    choices: list[int]
+    summary: str
+
+
+class SolutionPublic(BaseModel):
+    library_id: int
+    objective_name: str
+    point: PointPublic
+    solver: str | None = None
+
+
+class FrontierPublic(BaseModel):
+    library_id: int
+    objective_name: str
+    axis: str
+    scenario: str | None
+    points: list[PointPublic]
+
+
+class SubblockView(BaseModel):
+    kind: str
+    detail: str
+
+
+class LayerView(BaseModel):
+    index: int
+    variant: str
+    is_parent: bool
+    attention: dict[str, Any] | None
+    ffn: dict[str, Any] | None
+    mamba: dict[str, Any] | None
+    costs: dict[str, float]
+    metrics: dict[str, float]
+
+
+class ArchitecturePublic(BaseModel):
+    library_id: int
+    job_id: int | None
+    point: int | None
+    objective_name: str
+    objective: float
+    costs: dict[str, float]
+    summary: str
+    layers: list[LayerView]
+    block_configs: list[dict[str, Any]] | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    database: str
+    schema_revision: str | None
+    expected_revision: str
+    detail: str | None = None

@@ -1,0 +1,135 @@
+"""The dashboard in headless Chromium against a real uvicorn + worker: run a frontier search from the form and
+find the plotted points equal to the API's frontier; click a point for the per-layer view and its export."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.settings import Settings
+from tests.service.fixtures import NVLABS, make_library, needs_frontier, needs_search, nvlabs_upload
+from tests.service.live import serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium not installed at /usr/bin/chromium")
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+@needs_search
+@needs_frontier
+def test_frontier_plot_equals_the_api_frontier(settings: Settings, pg_url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with serve(pg_url, settings.artifacts, workers=1) as base:
+        if NVLABS.is_dir():
+            library = _post(f"{base}/api/v1/libraries", nvlabs_upload("nvlabs-70b"))
+        else:
+            library = _post(
+                f"{base}/api/v1/libraries",
+                {"name": "browser-generated", "format": "puzzle", "data": make_library(8, seed=5).to_dict()},
+            )
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{base}/#/new")
+            page.wait_for_selector(f"#f-library option[value='{library['id']}']", state="attached")
+            page.select_option("#f-library", str(library["id"]))
+            page.select_option("#f-mode", "frontier")
+            page.select_option("#f-objective", "kl_div")
+            page.select_option("#f-axis", "runtime_ms")
+            page.click("#f-submit")
+            page.wait_for_url("**/#/jobs/*")
+            job_id = int(page.url.rsplit("/", 1)[1])
+            page.wait_for_selector("#frontier-plot[data-ready='1']", timeout=240_000)
+            assert page.inner_text("#job-state") == "succeeded"
+
+            plotted = page.evaluate(
+                "() => { const t = document.getElementById('frontier-plot').data[0]; return {x: t.x, y: t.y, text: t.text}; }"
+            )
+            result = _get(f"{base}/api/v1/jobs/{job_id}/result")
+            scenario = result["scenario"]
+            expected_x = [
+                pt["costs"].get("runtime_ms", pt["costs"].get(f"runtime_ms@{scenario}")) for pt in result["points"]
+            ]
+            assert len(result["points"]) >= 2
+            assert plotted["x"] == expected_x
+            assert plotted["y"] == [pt["objective"] for pt in result["points"]]
+            assert plotted["text"] == [pt["summary"] for pt in result["points"]]
+            # the synchronous frontier endpoint gives the same frontier as the job
+            direct = _get(f"{base}/api/v1/libraries/{library['id']}/frontier?objective=kl_div&axis=runtime_ms")
+            assert [pt["choices"] for pt in direct["points"]] == [pt["choices"] for pt in result["points"]]
+
+            # click the middle point with the mouse: the per-layer view of that architecture appears
+            index = len(expected_x) // 2
+            xy = page.evaluate(
+                """(i) => { const gd = document.getElementById('frontier-plot'); const L = gd._fullLayout;
+                const t = gd.data[0]; const box = gd.getBoundingClientRect();
+                return [box.left + L._size.l + L.xaxis.l2p(t.x[i]), box.top + L._size.t + L.yaxis.l2p(t.y[i])]; }""",
+                index,
+            )
+            page.mouse.move(xy[0], xy[1])
+            page.wait_for_timeout(300)
+            page.mouse.click(xy[0], xy[1])
+            page.wait_for_selector("#arch-panel:not([hidden])", timeout=30_000)
+            clicked = page.evaluate("() => window.puzzle.architecture")
+            assert clicked["point"] is not None
+            arch = _get(f"{base}/api/v1/jobs/{job_id}/architecture?point={clicked['point']}")
+            rows = page.locator("#arch-table tbody tr")
+            assert rows.count() == len(arch["layers"]) == library["n_layers"]
+            assert page.inner_text("#arch-summary") == arch["summary"] == result["points"][clicked["point"]]["summary"]
+            kept = sum(1 for layer in arch["layers"] if layer["attention"]["kind"] == "gqa")
+            assert f"attention {kept}/{library['n_layers']}" in arch["summary"]
+            href = page.get_attribute("#arch-export", "href")
+            assert href == f"/api/v1/jobs/{job_id}/export?point={clicked['point']}"
+            with page.expect_download() as download:
+                page.click("#arch-export")
+            assert download.value.suggested_filename == f"puzzle-job{job_id}-point{clicked['point']}.tar.gz"
+            # compare with a second job's frontier (objective lm_loss), run through the API
+            other = _post(
+                f"{base}/api/v1/jobs",
+                {
+                    "kind": "search",
+                    "library_id": library["id"],
+                    "mode": "frontier",
+                    "objective": "lm_loss",
+                    "axis": "runtime_ms",
+                },
+            )
+            for _ in range(600):
+                if _get(f"{base}/api/v1/jobs/{other['id']}")["state"] == "succeeded":
+                    break
+                page.wait_for_timeout(200)
+            page.reload()
+            page.wait_for_selector("#frontier-plot[data-ready='1']", timeout=60_000)
+            page.wait_for_selector(f"#compare-job option[value='{other['id']}']", state="attached")
+            page.select_option("#compare-job", str(other["id"]))
+            page.wait_for_function("() => document.getElementById('frontier-plot').data.length === 2")
+            second = page.evaluate("() => document.getElementById('frontier-plot').data[1].y")
+            assert second == [pt["objective"] for pt in _get(f"{base}/api/v1/jobs/{other['id']}/result")["points"]]
+            assert errors == []
+            browser.close()
