@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from puzzle.errors import ConfigError
 from puzzle.library import BlockLibrary
 from puzzle.search import pareto
 from puzzle.search.problem import Constraint, Objective, Problem, build_problem, cost_column
+
+MAX_STATES = 400_000
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,13 @@ def frontier_of_problem(problem: Problem, axis: str) -> Frontier:
     hi = np.append(problem.upper, np.inf)
     tol = np.append(problem.tolerance, 0.0)
     a = pareto.prune_variants(pareto.pad(problem.weights, costs, lo, hi, tol), axis=k)
-    res = pareto.run(a, axis=k, keep_all=True)
+    try:
+        res = pareto.run(a, axis=k, keep_all=True, max_states=MAX_STATES)
+    except pareto.StateLimit as exc:
+        raise ConfigError(
+            f"the exact frontier under {', '.join(str(c) for c in problem.constraints)} grew past {MAX_STATES} "
+            f"partial architectures ({exc}); drop a bound or solve single budgets with `puzzle search`"
+        ) from None
     if res.final_c is None:
         from puzzle.search.diagnose import diagnose
 
