@@ -16,8 +16,7 @@ import tarfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -28,7 +27,7 @@ from puzzle.arch import to_block_configs
 from puzzle.errors import ConfigError
 from puzzle.library import BlockLibrary, Variant
 from service import libraries
-from service.errors import InvalidInputError, NotAvailableError
+from service.errors import InvalidInputError
 from service.models import FrontierCache, Library
 from service.schemas import ArchitecturePublic, LayerView, PointPublic, SearchParams, SolutionPublic, SolveRequest
 from service.settings import Settings
@@ -338,31 +337,6 @@ def export_archive(arch: ArchitecturePublic, result: dict[str, Any], *, point: i
 # --- running searches -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def _available(what: str) -> Iterator[None]:
-    """A part of the search engine missing from this installation is a clear 422, not a crash."""
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("puzzle.search"):
-            raise
-        raise NotAvailableError(
-            f"{what} search is not available in this installation ({exc.name} is missing)", loc=("body", "mode")
-        ) from exc
-
-
-def _engine(name: str) -> Callable[..., Any]:
-    """``puzzle.search.<name>`` (frontier, diverse). Importing the submodule of the same name rebinds the package
-    attribute to the module, so fall back to the module's entry point when that happened."""
-    from puzzle import search
-
-    fn = getattr(search, name)
-    if callable(fn):
-        return cast(Callable[..., Any], fn)
-    entry = {"frontier": "compute_frontier", "diverse": "diverse_solutions"}[name]
-    return cast(Callable[..., Any], getattr(fn, entry))
-
-
 def _no_progress(_stage: str, _done: int, _total: int) -> None:
     return None
 
@@ -406,16 +380,15 @@ def run_search(
     if mode == "diverse":
         n = int(params.get("n", 5))
         progress("diverse", 0, n)
-        with _available("diverse"):
-            solutions = _engine("diverse")(
-                library,
-                objective,
-                constraints,
-                n,
-                int(params.get("d", 1)),
-                scenario=scenario,
-                solver=params.get("solver"),
-            )
+        solutions = search.diverse(
+            library,
+            objective,
+            constraints,
+            n,
+            int(params.get("d", 1)),
+            scenario=scenario,
+            solver=params.get("solver"),
+        )
         progress("diverse", n, n)
         points = [point_from_solution(library, s.to_dict()) for s in solutions]
         return {**base, "points": points, "search": {"seconds": time.perf_counter() - started}}
@@ -452,10 +425,10 @@ def frontier_points(
     progress: ProgressFn = _no_progress,
     check_stop: StopFn = _no_stop,
 ) -> list[dict[str, Any]]:
+    from puzzle import search
 
     progress("frontier", 0, 1)
-    with _available("frontier"):
-        front = _engine("frontier")(library, objective, axis, constraints, scenario=scenario)
+    front = search.frontier(library, objective, axis, constraints, scenario=scenario)
     check_stop()
     choices = np.asarray(front.choices, dtype=np.int64).reshape(-1, library.n_layers)
     axis_values = np.asarray(front.axis_values, dtype=float)

@@ -6,9 +6,9 @@
     pareto.py    the exact DP engine shared by the dp solver and the frontier
     verify.py    independent re-summing of every solution
     diagnose.py  infeasibility: the binding constraint and its best achievable value
-    frontier.py  exact Pareto frontier of the objective against one cost axis
-    diverse.py   n solutions pairwise at least d layers apart
-    greedy.py    the paper's greedy baseline
+    pareto_front.py exact Pareto frontier of the objective against one cost axis
+    pool.py      n solutions pairwise at least d layers apart
+    greedy_baseline.py the paper's greedy baseline
 
 Entry points here take a library, an objective (metric name) and constraint strings such as
 ``runtime_ms<=50%``; they return frozen results with ``to_dict()``.
@@ -62,7 +62,7 @@ def frontier(
     *,
     scenario: str | None = None,
 ):
-    from puzzle.search.frontier import compute_frontier
+    from puzzle.search.pareto_front import compute_frontier
 
     return compute_frontier(library, objective, axis, constraints, scenario=scenario)
 
@@ -77,7 +77,7 @@ def diverse(
     scenario: str | None = None,
     solver: str | Solver | None = None,
 ) -> list[Solution]:
-    from puzzle.search.diverse import diverse_solutions
+    from puzzle.search.pool import diverse_solutions
 
     return diverse_solutions(library, objective, constraints, n, d, scenario=scenario, solver=solver)
 
@@ -85,7 +85,7 @@ def diverse(
 def greedy(
     library: BlockLibrary, objective: str | Objective, constraints: ConstraintsLike = (), *, scenario: str | None = None
 ) -> Solution:
-    from puzzle.search.greedy import greedy_search
+    from puzzle.search.greedy_baseline import greedy_search
 
     return greedy_search(build_problem(library, objective, constraints, scenario=scenario))
 

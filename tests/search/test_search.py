@@ -195,3 +195,16 @@ def test_cli_search_frontier_and_errors(tmp_path: Path) -> None:
     assert '<script src="http' not in html and '<script src="http' not in html
     csv = _cli("frontier", "--library", str(tmp_path / "lib"), "--axis", "runtime_ms", "--csv")
     assert csv.returncode == 0 and csv.stdout.splitlines()[0].startswith("runtime_ms")
+
+
+def test_entry_points_stay_callable_after_their_modules_load() -> None:
+    # Regression: a submodule named like a package function used to replace it on first use.
+    import puzzle.search as search
+
+    lib = random_library(4, 4, seed=3)
+    for _ in range(2):
+        front = search.frontier(lib, "kl_div", "runtime_ms")
+        base = search.greedy(lib, "kl_div", ["runtime_ms<=70%"])
+        pool = search.diverse(lib, "kl_div", ["runtime_ms<=90%"], 2, 1)
+    assert front.to_dict()["points"] and base.layers and len(pool) == 2
+    assert callable(search.frontier) and callable(search.greedy) and callable(search.diverse)

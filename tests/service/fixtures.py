@@ -152,25 +152,3 @@ def small_library(client: TestClient) -> dict[str, Any]:
 
 def search_job(library_id: int, **params: Any) -> dict[str, Any]:
     return {"kind": "search", "library_id": library_id, "mode": "solve", "objective": "kl_div", **params}
-
-
-def _has(*modules: str) -> bool:
-    import importlib.util
-
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in modules)
-    except ModuleNotFoundError:
-        return False
-
-
-# The search engine is built on the `search` branch; these tests run wherever its parts are merged.
-needs_search = pytest.mark.skipif(
-    not _has("puzzle.search", "puzzle.search.problem", "puzzle.search.solvers"),
-    reason="the search engine (puzzle.search from the search branch) is not in this checkout",
-)
-needs_frontier = pytest.mark.skipif(
-    not _has("puzzle.search.frontier"), reason="puzzle.search.frontier (search branch) is not in this checkout yet"
-)
-needs_diverse = pytest.mark.skipif(
-    not _has("puzzle.search.diverse"), reason="puzzle.search.diverse (search branch) is not in this checkout yet"
-)

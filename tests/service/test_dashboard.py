@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings
-from tests.service.fixtures import NVLABS, make_library, needs_frontier, needs_search, nvlabs_upload
+from tests.service.fixtures import NVLABS, make_library, nvlabs_upload
 from tests.service.live import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,8 +38,6 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 
 
 @pytest.mark.slow
-@needs_search
-@needs_frontier
 def test_frontier_plot_equals_the_api_frontier(settings: Settings, pg_url: str) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -12,14 +12,13 @@ from pydantic import SecretStr
 
 from service.main import create_app
 from service.settings import Settings
-from tests.service.fixtures import needs_search, search_job
+from tests.service.fixtures import search_job
 
 
 def _submit(client: TestClient, body: dict[str, Any], **headers: str) -> Any:
     return client.post("/api/v1/jobs", json=body, headers=headers)
 
 
-@needs_search
 def test_submit_is_202_with_location_and_a_queued_job(client: TestClient, small_library: dict) -> None:
     r = _submit(client, search_job(small_library["id"], constraints=["runtime_ms<=70%"]))
     assert r.status_code == 202, r.text
@@ -33,7 +32,6 @@ def test_submit_is_202_with_location_and_a_queued_job(client: TestClient, small_
     assert [(e["type"], e["data"]) for e in events["data"]] == [("state", {"state": "queued"})]
 
 
-@needs_search
 def test_idempotency_key_replays_and_conflicts(client: TestClient, small_library: dict) -> None:
     body = search_job(small_library["id"], constraints=["num_params<=60%"])
     first = _submit(client, body, **{"Idempotency-Key": "k-1"})
@@ -46,7 +44,6 @@ def test_idempotency_key_replays_and_conflicts(client: TestClient, small_library
     assert len(client.get("/api/v1/jobs").json()["data"]) == 1
 
 
-@needs_search
 def test_concurrent_submits_with_one_key_create_one_job(client: TestClient, small_library: dict) -> None:
     body = search_job(small_library["id"])
     ids: list[int] = []
@@ -67,7 +64,6 @@ def test_concurrent_submits_with_one_key_create_one_job(client: TestClient, smal
     assert len(client.get("/api/v1/jobs").json()["data"]) == 1
 
 
-@needs_search
 def test_list_pagination_and_filters(client: TestClient, small_library: dict) -> None:
     ids = [_submit(client, search_job(small_library["id"], n=i + 1)).json()["id"] for i in range(7)]
     for job_id in ids[:2]:
@@ -90,7 +86,6 @@ def test_list_pagination_and_filters(client: TestClient, small_library: dict) ->
     assert client.get("/api/v1/jobs", params={"state": "paused"}).status_code == 422
 
 
-@needs_search
 def test_cancel_queued_and_finished_jobs(client: TestClient, small_library: dict) -> None:
     job = _submit(client, search_job(small_library["id"])).json()
     r = client.post(f"/api/v1/jobs/{job['id']}/cancel")
@@ -117,7 +112,6 @@ def test_unknown_ids_are_404(client: TestClient) -> None:
         assert "no job with id 4242" in r.json()["detail"]
 
 
-@needs_search
 def test_422_lists_every_problem(client: TestClient, small_library: dict) -> None:
     r = _submit(client, {"kind": "search", "mode": "walk", "n": 0, "surprise": True})
     assert r.status_code == 422
@@ -154,7 +148,6 @@ def test_pipeline_jobs_are_refused_until_the_builder_exists(client: TestClient) 
     assert client.get("/api/v1/jobs").json()["data"] == []
 
 
-@needs_search
 def test_writes_need_the_bearer_token_when_configured(settings: Settings, small_library: dict) -> None:
     secured = settings.model_copy(update={"api_token": SecretStr("s3cret")})
     with TestClient(create_app(secured)) as c:
@@ -189,7 +182,6 @@ def _sse(client: TestClient, path: str, **headers: str) -> list[dict[str, Any]]:
     return events
 
 
-@needs_search
 def test_events_polling_and_sse_resume(client: TestClient, small_library: dict) -> None:
     job = _submit(client, search_job(small_library["id"])).json()
     client.post(f"/api/v1/jobs/{job['id']}/cancel")

@@ -12,7 +12,6 @@ from hypothesis import settings as hypothesis_settings
 
 from service.main import create_app
 from service.settings import Settings
-from tests.service.fixtures import needs_search
 
 EXPECTED_OPERATIONS = {
     "health",
@@ -52,7 +51,6 @@ def test_operation_ids_are_stable(client: TestClient) -> None:
     assert all(p.startswith("/api/v1/") for p in spec["paths"])
 
 
-@needs_search
 def test_no_server_errors(api_schema: Any) -> None:
     """Every operation, a bounded number of generated requests each (valid and invalid): never a 5xx."""
     failures: list[str] = []

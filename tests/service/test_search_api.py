@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service import db
 from service.settings import Settings
-from tests.service.fixtures import make_library, needs_frontier, needs_search, search_job, upload
+from tests.service.fixtures import make_library, search_job, upload
 from workers.runner import Worker
 
 
@@ -24,7 +24,6 @@ def _brute_force(lib, max_runtime: float) -> float:  # type: ignore[no-untyped-d
     return best
 
 
-@needs_search
 def test_solve_is_optimal_against_brute_force(client: TestClient) -> None:
     lib = make_library(n_layers=3, seed=11)
     row = upload(client, lib, "brute-3")
@@ -44,7 +43,6 @@ def test_solve_is_optimal_against_brute_force(client: TestClient) -> None:
     assert other["solver"] == "cbc" and abs(other["point"]["objective"] - point["objective"]) < 1e-6
 
 
-@needs_search
 def test_infeasible_solve_is_422_naming_the_binding_constraint(client: TestClient, small_library: dict) -> None:
     r = client.post(f"/api/v1/libraries/{small_library['id']}/solve", json={"constraints": ["runtime_ms<=1%"]})
     assert r.status_code == 422
@@ -52,7 +50,6 @@ def test_infeasible_solve_is_422_naming_the_binding_constraint(client: TestClien
     assert "runtime_ms" in problem["msg"] and problem["minimum"] is not None and problem["minimum"] > 0
 
 
-@needs_search
 def test_solve_reports_every_bad_field_at_once(client: TestClient, small_library: dict) -> None:
     r = client.post(
         f"/api/v1/libraries/{small_library['id']}/solve",
@@ -63,18 +60,16 @@ def test_solve_reports_every_bad_field_at_once(client: TestClient, small_library
     assert {("body", "objective"), ("body", "scenario"), ("body", "constraints", 0), ("body", "constraints", 1)} <= locs
 
 
-@needs_search
-@needs_frontier
 def test_frontier_endpoint_matches_the_engine_and_is_cached(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:
-    from service.search import _engine
+    from puzzle import search
 
     url = f"/api/v1/libraries/{small_library['id']}/frontier"
     r = client.get(url, params={"objective": "kl_div", "axis": "runtime_ms"})
     assert r.status_code == 200, r.text
     body = r.json()
-    reference = _engine("frontier")(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
+    reference = search.frontier(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
     assert [p["choices"] for p in body["points"]] == [list(s["choices"]) for s in reference]
     assert body["axis"] == "runtime_ms" and body["scenario"] == "pre" and len(body["points"]) >= 3
     lib = make_library()
@@ -117,7 +112,6 @@ def test_frontier_endpoint_matches_the_engine_and_is_cached(
     }
 
 
-@needs_search
 def test_architecture_and_export_of_a_finished_job(client: TestClient, settings: Settings, small_library: dict) -> None:
     job_id = client.post("/api/v1/jobs", json=search_job(small_library["id"], constraints=["runtime_ms<=60%"])).json()[
         "id"

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from service import crud, db
 from service import search as search_ops
 from service.settings import Settings
-from tests.service.fixtures import REPO, make_library, needs_diverse, needs_frontier, needs_search, search_job
+from tests.service.fixtures import REPO, make_library, search_job
 from workers.runner import Worker
 
 
@@ -44,8 +44,6 @@ def _events(client: TestClient, job_id: int) -> list[dict[str, Any]]:
     return client.get(f"/api/v1/jobs/{job_id}/events").json()["data"]
 
 
-@needs_search
-@needs_frontier
 def test_frontier_job_lifecycle_and_result_matches_the_search_engine(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:
@@ -60,15 +58,14 @@ def test_frontier_job_lifecycle_and_result_matches_the_search_engine(
     assert types[:2] == [("state", "queued"), ("state", "running")] and types[-1] == ("state", "succeeded")
     assert ("progress", None) in types
     result = client.get(f"/api/v1/jobs/{job_id}/result").json()
-    from service.search import _engine
+    from puzzle import search
 
-    reference = _engine("frontier")(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
+    reference = search.frontier(make_library(), "kl_div", "runtime_ms", ()).to_dict()["points"]
     assert [p["choices"] for p in result["points"]] == [list(s["choices"]) for s in reference]
     assert [p["objective"] for p in result["points"]] == [s["objective"] for s in reference]
     assert worker.run_once() is None  # queue empty
 
 
-@needs_search
 def test_failure_is_stored_with_its_message(client: TestClient, settings: Settings, small_library: dict) -> None:
     body = search_job(small_library["id"], constraints=["runtime_ms<=1%"])
     job_id = client.post("/api/v1/jobs", json=body).json()["id"]
@@ -78,7 +75,6 @@ def test_failure_is_stored_with_its_message(client: TestClient, settings: Settin
     assert _events(client, job_id)[-1]["data"] == {"state": "failed", "error": job["error"]}
 
 
-@needs_search
 def test_cancel_while_running_stops_at_the_next_check(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:
@@ -112,7 +108,6 @@ def test_heartbeat_carries_cancel_to_a_running_job(settings: Settings, small_lib
         assert crud.heartbeat(s, job_id=job_id, worker_id="w-beat") is True
 
 
-@needs_search
 def test_stale_running_job_is_requeued_and_run_again(
     client: TestClient, settings: Settings, small_library: dict
 ) -> None:
@@ -136,7 +131,6 @@ def test_stale_running_job_is_requeued_and_run_again(
     assert client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "succeeded"
 
 
-@needs_search
 def test_stale_job_fails_after_its_last_attempt(client: TestClient, settings: Settings, small_library: dict) -> None:
     job_id = client.post("/api/v1/jobs", json={**search_job(small_library["id"]), "max_attempts": 1}).json()["id"]
     assert Worker(settings, worker_id="ghost").claim() is not None
@@ -188,7 +182,6 @@ def test_threads_draining_a_queue_claim_each_job_once(settings: Settings, small_
     assert sorted(claimed) == ids
 
 
-@needs_search
 def test_two_worker_processes_run_each_job_once(client: TestClient, settings: Settings, small_library: dict) -> None:
     ids = [
         client.post(
@@ -225,8 +218,6 @@ def test_two_worker_processes_run_each_job_once(client: TestClient, settings: Se
         assert len(starts) == 1 and starts[0]["data"]["worker"] == job["worker_id"]
 
 
-@needs_search
-@needs_diverse
 def test_search_result_shape_for_solve_and_diverse(settings: Settings, small_library: dict) -> None:
     library = make_library()
     solved = search_ops.run_search(library, search_job(small_library["id"], constraints=["runtime_ms<=60%"]))
