@@ -1,0 +1,169 @@
+"""The Mamba-2 state-space scan (SSD): a chunked pure-PyTorch form and its sequential reference twin.
+
+Both take the *discretisation inputs*, already processed:
+
+* ``x``  (B, T, H, P)  values per head,
+* ``dt`` (B, T, H)     step sizes (softplus'd, biased, clamped by the caller),
+* ``A``  (H,)          negative decay rates (``-exp(A_log)``),
+* ``B``, ``C`` (B, T, G, N) input / output projections shared by the ``H / G`` heads of each group,
+* ``D``  (H,) or None  skip connection, ``initial_state`` (B, H, P, N) or None,
+
+and return ``(y (B, T, H, P), final_state (B, H, P, N))``. The recurrence, per head::
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T        y_t = h_t C_t + D x_t
+
+``ssd_chunked`` evaluates it as the SSD block decomposition: exact quadratic attention-like form inside
+chunks of ``chunk_size`` and a linear recurrence over chunk states. Everything runs in fp32.
+``ssd_kernel`` is mamba-ssm's Triton kernel when that package imports and the tensors are on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional CUDA fast path; any failure to import means "not available"
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _mamba_chunk_scan_combined
+except Exception:
+    _mamba_chunk_scan_combined = None
+
+
+def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Broadcast group tensors (..., G, N) to heads (..., H, N)."""
+    return t.repeat_interleave(n_heads // t.shape[-2], dim=-2)
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """``out[..., i, j] = sum(a[..., j+1 : i+1])`` for j <= i, -inf above the diagonal. (..., L) -> (..., L, L)."""
+    L = a.shape[-1]
+    a = a[..., :, None].expand(*a.shape, L)  # a[..., k, j] = a_k
+    below = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
+    out = a.masked_fill(~below, 0).cumsum(dim=-2)  # sum over j < k <= i
+    return out.masked_fill(~below.logical_or(torch.eye(L, dtype=torch.bool, device=a.device)), -torch.inf)
+
+
+def ssd_step(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One recurrence step, updating ``state`` (B, H, P, N) in place. x (B, H, P), dt (B, H), B/C (B, G, N)."""
+    H = x.shape[1]
+    xf, dt = x.float(), dt.float()
+    decay = torch.exp(dt * A.float())  # (B, H)
+    Bh, Ch = _heads(B.float(), H), _heads(C.float(), H)  # (B, H, N)
+    state.mul_(decay[..., None, None]).add_((dt[..., None] * xf)[..., None] * Bh[:, :, None, :])
+    y = torch.einsum("bhpn,bhn->bhp", state, Ch)  # (B, H, P)
+    if D is not None:
+        y = y + D.float()[:, None] * xf
+    return y.to(x.dtype)
+
+
+def ssd_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequential reference: the recurrence one token at a time (``chunk_size`` is accepted and unused)."""
+    b, t, h, p = x.shape
+    n = B.shape[-1]
+    state = initial_state.float().clone() if initial_state is not None else x.new_zeros(b, h, p, n, dtype=torch.float32)
+    ys = [ssd_step(state, x[:, i], dt[:, i], A, B[:, i], C[:, i], D) for i in range(t)]
+    return torch.stack(ys, dim=1), state  # (B, T, H, P), (B, H, P, N)
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked SSD in pure PyTorch; same contract as ``ssd_ref``."""
+    b, t, h, p = x.shape
+    pad = (-t) % chunk_size
+    xf, dt = x.float(), dt.float()
+    Bh, Ch = _heads(B.float(), h), _heads(C.float(), h)  # (b, t, h, n)
+    xdt = xf * dt[..., None]  # (b, t, h, p)
+    dA = dt * A.float()  # (b, t, h)
+    if pad:
+        xdt, Bh, Ch = (F.pad(v, (0, 0, 0, 0, 0, pad)) for v in (xdt, Bh, Ch))
+        dA = F.pad(dA, (0, 0, 0, pad))
+    c = (t + pad) // chunk_size
+    xdt = xdt.view(b, c, chunk_size, h, p)  # (b, c, l, h, p)
+    Bh, Ch = (v.view(b, c, chunk_size, h, -1) for v in (Bh, Ch))  # (b, c, l, h, n)
+    dA = dA.view(b, c, chunk_size, h).permute(0, 3, 1, 2)  # (b, h, c, l)
+    A_cum = dA.cumsum(dim=-1)  # (b, h, c, l)
+
+    # 1. within each chunk: y_l = sum_{s<=l} C_l.B_s exp(A_cum_l - A_cum_s) xdt_s
+    decay_in = torch.exp(segsum(dA))  # (b, h, c, l, s)
+    scores = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh) * decay_in  # (b, h, c, l, s)
+    y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)  # (b, c, l, h, p)
+
+    # 2. each chunk's contribution to the state at its end
+    decay_to_end = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, l)
+    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_to_end, xdt)  # (b, c, h, p, n)
+
+    # 3. recurrence over chunks: the state entering each chunk, and the final one
+    init = initial_state.float() if initial_state is not None else xdt.new_zeros(b, h, p, Bh.shape[-1])
+    chunk_states = torch.cat([init[:, None], chunk_states], dim=1)  # (b, c+1, h, p, n)
+    decay_chunks = torch.exp(segsum(F.pad(A_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunks, chunk_states)  # (b, c+1, h, p, n)
+    states, final_state = states[:, :-1], states[:, -1]
+
+    # 4. the entering state's contribution inside each chunk
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states, torch.exp(A_cum))  # (b, c, l, h, p)
+
+    y = (y_diag + y_off).reshape(b, c * chunk_size, h, p)[:, :t]  # (b, t, h, p)
+    if D is not None:
+        y = y + D.float()[:, None] * xf
+    return y.to(x.dtype), final_state
+
+
+def ssd_kernel_available(x: torch.Tensor) -> bool:
+    return _mamba_chunk_scan_combined is not None and x.is_cuda
+
+
+def ssd_kernel(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mamba-ssm's fused chunked scan; same contract as ``ssd_ref`` (CUDA only, see ``ssd_kernel_available``)."""
+    assert _mamba_chunk_scan_combined is not None
+    y, final_state = _mamba_chunk_scan_combined(
+        x, dt, A, B, C, chunk_size, D=D, initial_states=initial_state, return_final_states=True
+    )
+    return y, final_state
+
+
+def ssd(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fastest available implementation: the mamba-ssm kernel on CUDA when installed, else ``ssd_chunked``."""
+    scan = ssd_kernel if ssd_kernel_available(x) else ssd_chunked
+    return scan(x, dt, A, B, C, chunk_size, D, initial_state)
