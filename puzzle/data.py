@@ -349,7 +349,10 @@ def pack_tensor(tokens: np.ndarray, seq_len: int) -> np.ndarray:
     return np.stack(rows).astype(np.int64)
 
 
-# --- atomic files ----------------------------------------------------------------------------------------
+# --- atomic files ---------------------------------------------------------------------------------------
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -359,6 +362,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the final file the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)

@@ -1,0 +1,260 @@
+"""Parent training: a preset's model trained from scratch on a corpus, written as a Hugging Face directory.
+
+AdamW (no decay on norms and biases), linear warmup then cosine decay, gradient clipping, a fixed seed.
+Batches are a pure function of (seed, step) (``puzzle.data.iter_batches``), and the state needed to go on
+(weights, optimizer moments, step, losses, the tokenizer) is checkpointed atomically every
+``checkpoint_every`` steps under ``<out>/.puzzle-train/``. Running the same command again after an
+interruption resumes from the last checkpoint and ends with the same weights an uninterrupted run gets.
+When training ends the directory holds ``config.json`` + safetensors (``puzzle.model.save_pretrained``),
+``tokenizer.json``, ``tokenizer_config.json`` and ``train_summary.json`` (written last: its presence marks
+a finished parent, which a repeated call with the same settings reuses instead of retraining).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from puzzle.data import (
+    atomic_path,
+    atomic_write_text,
+    cached_tokens,
+    eos_id,
+    iter_batches,
+    load_tokenizer,
+    pack_tensor,
+    read_corpus,
+    save_tokenizer,
+    split_corpus,
+    train_bpe,
+)
+from puzzle.errors import ConfigError, DataError
+from puzzle.presets import Preset, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+STATE_DIR = ".puzzle-train"
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "train_summary.json"
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a progress sink sees after every optimizer step."""
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: str
+    preset: str
+    steps: int
+    tokens_seen: int
+    final_loss: float
+    losses: tuple[float, ...]
+    wall_s: float
+    tokens_per_s: float
+    n_params: int
+    resumed_from: int | None
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["losses"] = list(self.losses)
+        return data
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_lr_ratio * lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """Our model returns logits; HF-style models return an object with ``.logits``."""
+    return getattr(output, "logits", output)
+
+
+def train_parent(
+    preset: Preset,
+    out_dir: str | os.PathLike[str],
+    corpus: str | os.PathLike[str] | None = None,
+    *,
+    steps: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``preset`` on ``corpus`` (default: the Python standard library) into the HF directory ``out_dir``.
+
+    Resumes an interrupted run found in ``out_dir``; returns the finished one (``reused=True``) when
+    ``out_dir`` already holds a parent trained with the same settings on the same data.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from puzzle.model import CausalLM
+
+    status = on_status or (lambda _msg: None)
+    config = preset.train if steps is None else replace(preset.train, steps=steps)
+    out = Path(out_dir)
+    state_dir = out / STATE_DIR
+
+    status("reading corpus")
+    train_docs, _ = split_corpus(read_corpus(corpus), config.held_out_fraction)
+    if not train_docs.documents:
+        raise DataError(f"corpus {train_docs.source}: every document fell into the held-out split; add more files")
+    run_key = {"preset": preset.name, "train": config.to_dict(), "corpus": train_docs.fingerprint()}
+
+    if (out / SUMMARY).is_file():
+        summary = json.loads((out / SUMMARY).read_text())
+        if summary.get("run_key") != run_key:
+            raise ConfigError(
+                f"{out} already holds a parent trained with other settings or data; choose another --out or delete it"
+            )
+        return replace(_result_from_dict(summary["result"]), reused=True)
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if (state_dir / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(state_dir)
+    else:
+        status(f"training a byte-level BPE tokenizer (vocab {preset.vocab_size})")
+        tokenizer = train_bpe(train_docs, preset.vocab_size)
+        save_tokenizer(tokenizer, state_dir, model_max_length=config.seq_len)
+
+    status("tokenizing")
+    rows = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache_dir), config.seq_len)
+
+    arch = preset.make_arch(tokenizer.get_vocab_size())
+    torch.manual_seed(config.seed)
+    model = CausalLM(arch)
+    optimizer = _adamw(model, config)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    start_step, losses, prior_wall_s, resumed_from = 0, [], 0.0, None
+    checkpoint_file = state_dir / CHECKPOINT
+    if checkpoint_file.is_file():
+        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+        if state["run_key"] != run_key or state["arch"] != arch.to_dict():
+            raise ConfigError(
+                f"{out} holds an interrupted run with other settings or data; rerun it with the same options, "
+                f"or delete {state_dir} to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, losses, prior_wall_s = state["step"], list(state["losses"]), state["wall_s"]
+        resumed_from = start_step
+        status(f"resuming from step {start_step}")
+
+    tokens_per_step = config.batch_size * config.seq_len
+    batches = iter_batches(rows, config.batch_size, config.seed, start_step=start_step)
+    model.train()
+    run_start = time.perf_counter()
+    for step in range(start_step, config.steps):
+        batch = torch.from_numpy(next(batches))  # (B, T + 1)
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits = logits_of(model(inputs))  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+
+        done = step + 1
+        elapsed = time.perf_counter() - run_start
+        if done % config.checkpoint_every == 0 and done < config.steps:
+            _save_checkpoint(
+                checkpoint_file,
+                {
+                    "run_key": run_key,
+                    "arch": arch.to_dict(),
+                    "step": done,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "losses": losses,
+                    "wall_s": prior_wall_s + elapsed,
+                },
+            )
+        if on_step is not None:
+            rate = (done - start_step) * tokens_per_step / max(elapsed, 1e-9)
+            on_step(StepInfo(step=done, total=config.steps, loss=losses[-1], lr=lr, tokens_per_s=rate))
+
+    wall_s = prior_wall_s + (time.perf_counter() - run_start)
+    trained_steps = config.steps - start_step
+    this_run_s = time.perf_counter() - run_start
+    result = TrainResult(
+        out_dir=str(out),
+        preset=preset.name,
+        steps=config.steps,
+        tokens_seen=config.steps * tokens_per_step,
+        final_loss=sum(losses[-10:]) / len(losses[-10:]),
+        losses=tuple(losses),
+        wall_s=round(wall_s, 3),
+        tokens_per_s=round(trained_steps * tokens_per_step / max(this_run_s, 1e-9), 1),
+        n_params=n_params,
+        resumed_from=resumed_from,
+    )
+    status("writing the Hugging Face directory")
+    export_parent(model, tokenizer, out, model_max_length=config.seq_len)
+    atomic_write_text(out / SUMMARY, json.dumps({"run_key": run_key, "result": result.to_dict()}, indent=2) + "\n")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return result
+
+
+def export_parent(model: torch.nn.Module, tokenizer: Any, out: Path, *, model_max_length: int) -> None:
+    """``save_pretrained`` + tokenizer files, with the tokenizer's EOS as ``bos/eos_token_id`` in config.json."""
+    from puzzle.model import save_pretrained
+
+    save_pretrained(model, out)
+    config_file = out / "config.json"
+    config = json.loads(config_file.read_text())
+    eos = eos_id(tokenizer)
+    config.update(bos_token_id=eos, eos_token_id=eos)
+    atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
+    save_tokenizer(tokenizer, out, model_max_length=model_max_length)
+
+
+def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    import torch
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=1e-8)
+
+
+def _save_checkpoint(file: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    with atomic_path(file) as tmp:
+        torch.save(state, tmp)
+
+
+def _result_from_dict(data: dict[str, Any]) -> TrainResult:
+    data = dict(data)
+    data["losses"] = tuple(data["losses"])
+    return TrainResult(**data)
