@@ -15,12 +15,12 @@ from puzzle.distill import (
     write_parent_blocks,
 )
 from puzzle.model import CausalLM
-from tests.factories import tiny_llama_arch
+from tests.builder import small_llama
 
 
 def _parent(seed: int = 0) -> CausalLM:
     torch.manual_seed(seed)
-    return CausalLM(tiny_llama_arch(n_layers=2)).eval()
+    return CausalLM(small_llama(n_layers=2)).eval()
 
 
 def _ids(n: int = 12, T: int = 32) -> torch.Tensor:

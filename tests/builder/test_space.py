@@ -14,11 +14,11 @@ from puzzle.space import (
     parse_space,
     variant_name,
 )
-from tests.factories import tiny_hybrid_arch, tiny_llama_arch
+from tests.builder import small_hybrid, small_llama
 
 
 def test_default_llama_space_has_at_least_12_variants_per_layer() -> None:
-    arch = tiny_llama_arch(n_layers=3, n_kv_heads=4, ffn=512)
+    arch = small_llama(n_layers=3, n_kv_heads=4, intermediate=512)
     layers = expand(default_space("llama"), arch)
     assert len(layers) == 3
     for layer in layers:
@@ -48,7 +48,7 @@ def test_mamba_heads_stay_group_aligned() -> None:
 
 
 def test_hybrid_space_varies_one_subblock_per_layer_type() -> None:
-    arch = tiny_hybrid_arch(pattern="M*-")
+    arch = small_hybrid(pattern="M*-")
     mamba, attn, mlp = expand(default_space("nemotron_h"), arch)
     assert mamba.varied == ("mamba",)
     assert [m.n_heads for m in mamba.mamba if not m.is_no_op] == [8, 6, 4, 2]
@@ -72,7 +72,7 @@ def test_yaml_file_with_override(tmp_path) -> None:
     )
     space = load_space(path)
     assert space.mode == "coupled"
-    layers = expand(space, tiny_llama_arch(n_layers=4))
+    layers = expand(space, small_llama(n_layers=4))
     assert [a.kind for a in layers[0].attention] == ["gqa", "gqa", "gqa", "no_op"]
     for i in (1, 2, 3):
         assert [a.n_kv_heads for a in layers[i].attention] == [4, 1]
@@ -111,7 +111,7 @@ def test_every_problem_is_listed_at_once() -> None:
 def test_space_that_does_not_fit_the_parent_lists_every_layer_problem() -> None:
     space = parse_space({"attention": {"kv_heads": [8, 3]}, "overrides": [{"layers": [7], "ffn": {"multiple": 4096}}]})
     with pytest.raises(ConfigError) as info:
-        expand(space, tiny_llama_arch(n_layers=2, n_kv_heads=4))
+        expand(space, small_llama(n_layers=2, n_kv_heads=4))
     message = str(info.value)
     assert "8 is more than the parent's 4 KV heads" in message
     assert "3 does not divide" in message
@@ -119,9 +119,7 @@ def test_space_that_does_not_fit_the_parent_lists_every_layer_problem() -> None:
 
 
 def test_non_gqa_parent_layers_keep_their_own_option() -> None:
-    arch = tiny_llama_arch().with_block(
-        0, tiny_llama_arch().blocks[0].__class__(AttentionSpec.linear(), FFNSpec.no_op())
-    )
+    arch = small_llama().with_block(0, small_llama().blocks[0].__class__(AttentionSpec.linear(), FFNSpec.no_op()))
     layer = expand(SearchSpace(), arch)[0]
     assert layer.attention == (AttentionSpec.linear(),)
     assert layer.ffn == (FFNSpec.no_op(),)
