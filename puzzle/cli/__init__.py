@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="puzzle", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="puzzle", description="Find, build and ship cheaper heterogeneous variants of a trained LLM.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:

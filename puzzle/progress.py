@@ -1,0 +1,78 @@
+"""Progress sinks: where long stages report how far they are (a terminal bar, a job store, nothing).
+
+The pipeline calls ``start(stage, total)``, ``advance(stage, n)`` and ``finish(stage)``; it never knows
+which sink it got. ``RichProgress`` draws one bar per stage in a terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class ProgressSink(Protocol):
+    def start(self, stage: str, total: int) -> None: ...
+
+    def advance(self, stage: str, n: int = 1) -> None: ...
+
+    def finish(self, stage: str) -> None: ...
+
+
+class NullProgress:
+    """Reports nothing."""
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass
+
+
+class RecordingProgress:
+    """Keeps (stage, total, done) per stage; for tests and for polling callers."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.finished: list[str] = []
+
+    def start(self, stage: str, total: int) -> None:
+        self.totals[stage] = total
+        self.done.setdefault(stage, 0)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        self.done[stage] = self.done.get(stage, 0) + n
+
+    def finish(self, stage: str) -> None:
+        self.finished.append(stage)
+
+
+class RichProgress:
+    """One rich progress bar per stage; use as a context manager."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), **kwargs
+        )
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def start(self, stage: str, total: int) -> None:
+        self._tasks[stage] = (self._progress.add_task(stage, total=total), total)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        self._progress.advance(self._tasks[stage][0], n)
+
+    def finish(self, stage: str) -> None:
+        task, total = self._tasks[stage]
+        self._progress.update(task, completed=total)
