@@ -158,3 +158,53 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not file.is_file():
         raise CheckpointError(f"{file}: not found; {path} is not a Puzzle export")
     return json.loads(file.read_text())
+
+
+def predicted_costs(library: Any, layers: Sequence[str]) -> dict[str, float]:
+    """Every whole-model cost of the library (``NAME`` and ``NAME@SCENARIO``) for the variants ``layers``."""
+    from puzzle.assess import predicted_cost
+
+    out = {}
+    for key in library.all_cost_keys():
+        name, _, scenario = key.partition("@")
+        out[key] = predicted_cost(library, layers, name, scenario or None)
+    return out
+
+
+def export_solution(
+    library_dir: str | os.PathLike[str],
+    solution: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    parent: str | os.PathLike[str] | None = None,
+    measured_costs: Mapping[str, float] | None = None,
+    model: CausalLM | None = None,
+    force: bool = False,
+) -> Path:
+    """Assemble ``solution`` (a search ``Solution.to_dict()``) from the library in ``library_dir`` and export it.
+
+    ``model`` is the already assembled (e.g. GKD-healed) child to write instead of a fresh assembly.
+    """
+    from puzzle.assemble import assemble, chosen_layers, load_parent
+    from puzzle.library import BlockLibrary
+
+    out = check_target(out, force=force)  # fail before any heavy work
+    library = BlockLibrary.load(library_dir)
+    layers = chosen_layers(solution)
+    parent_model = load_parent(library, parent)
+    child = model if model is not None else assemble(library, library_dir, layers, parent=parent_model)
+    manifest = build_manifest(
+        parent_digest=library.parent.get("digest"),
+        library_digest=library.digest(),
+        layers=layers,
+        objective={"metric": solution.get("metric"), "value": solution.get("objective")},
+        constraints=solution.get("constraints", ()),
+        predicted_costs=predicted_costs(library, layers),
+        measured_costs=measured_costs,
+        solver=solution.get("solver"),
+        scenario=solution.get("scenario"),
+        extra={k: solution[k] for k in ("status", "totals", "percent_of_parent") if k in solution},
+    )
+    return export_child(
+        child, out, manifest=manifest, tokenizer_dir=getattr(parent_model, "hf_source", None), force=force
+    )
