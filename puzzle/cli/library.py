@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print the whole library as JSON")
     show.set_defaults(func=_show)
 
+    from puzzle.cli import library_build
+
+    library_build.register(sub)
+
 
 def _import(args: argparse.Namespace) -> int:
     from puzzle.library import import_nvlabs

@@ -24,3 +24,37 @@ def small_hybrid(pattern: str = "M-*-") -> ArchSpec:
         d_state=16,
         chunk_size=16,
     )
+
+
+def make_corpus(directory, n_files: int = 24):  # type: ignore[no-untyped-def]
+    """A small real-text corpus: ``n_files`` modules of the Python standard library copied into ``directory``."""
+    import shutil
+    from pathlib import Path
+
+    from puzzle.data import default_corpus_path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = sorted((default_corpus_path() / "json").glob("*.py")) + sorted(
+        (default_corpus_path() / "email").glob("*.py")
+    )
+    for f in files[:n_files]:
+        shutil.copy(f, directory / f.name.replace(".py", ".txt"))
+    return directory
+
+
+def make_parent(directory, corpus, arch_fn=small_llama, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A random-init tiny parent (HF directory with tokenizer) whose vocabulary is a BPE trained on ``corpus``."""
+    import dataclasses
+
+    import torch
+
+    from puzzle.data import read_corpus, train_bpe
+    from puzzle.model import CausalLM
+    from puzzle.train import export_parent
+
+    tokenizer = train_bpe(read_corpus(corpus), vocab_size=320)
+    arch = dataclasses.replace(arch_fn(), vocab_size=tokenizer.get_vocab_size())
+    torch.manual_seed(seed)
+    export_parent(CausalLM(arch), tokenizer, directory, model_max_length=512)
+    return directory
