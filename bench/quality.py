@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from puzzle.pipeline import DemoConfig, DemoResult, run_demo  # noqa: E402
+from puzzle.pipeline import DemoConfig, DemoResult, run_demo
 
 PRESETS = ("tiny-llama", "tiny-hybrid")
 
@@ -35,7 +35,9 @@ def goal_check(result: DemoResult) -> list[str]:
             lines.append(f"  {budget:.0%}: no Puzzle+GKD child")
             continue
         rivals = [
-            by[(budget, m)] for m in ("uniform+gkd", "depth+gkd", "greedy+gkd") if (budget, m) in by and by[(budget, m)].perplexity
+            by[(budget, m)]
+            for m in ("uniform+gkd", "depth+gkd", "greedy+gkd")
+            if (budget, m) in by and by[(budget, m)].perplexity
         ]
         worst_margin = min((r.perplexity - ours.perplexity for r in rivals), default=float("nan"))
         beaten = all(ours.perplexity < r.perplexity for r in rivals)
@@ -45,7 +47,9 @@ def goal_check(result: DemoResult) -> list[str]:
         )
         if abs(budget - 0.7) < 1e-9:
             ok = ours.perplexity <= 1.10 * parent_ppl
-            lines.append(f"        70 % goal ppl <= 1.10x parent: {'met' if ok else 'MISSED'} ({ours.perplexity / parent_ppl:.3f}x)")
+            lines.append(
+                f"        70 % goal ppl <= 1.10x parent: {'met' if ok else 'MISSED'} ({ours.perplexity / parent_ppl:.3f}x)"
+            )
     errors = [abs(r.latency_error_pct) for r in result.rows if r.latency_error_pct is not None]
     if errors:
         within = sum(e <= 3.0 for e in errors)
@@ -74,11 +78,15 @@ def main() -> int:
         if args.gkd_tokens:
             cfg = replace(cfg, gkd=replace(cfg.gkd, tokens=args.gkd_tokens))
         print(f"== {preset}", file=sys.stderr, flush=True)
-        results[preset] = run_demo(Path(args.out) / preset, cfg, on_status=lambda m: print(f"   {m}", file=sys.stderr, flush=True))
+        results[preset] = run_demo(
+            Path(args.out) / preset, cfg, on_status=lambda m: print(f"   {m}", file=sys.stderr, flush=True)
+        )
 
     names = list(results)
     header = f"{'budget':>6}  {'method':<12}" + "".join(f" | {n:^40}" for n in names)
-    sub = f"{'':>6}  {'':<12}" + "".join(f" | {'ppl':>8} {'xparent':>7} {'KL':>7} {'meas ms':>8} {'err %':>6}" for _ in names)
+    sub = f"{'':>6}  {'':<12}" + "".join(
+        f" | {'ppl':>8} {'xparent':>7} {'KL':>7} {'meas ms':>8} {'err %':>6}" for _ in names
+    )
     print(header)
     print(sub)
     keys = list(dict.fromkeys((r.budget, r.method) for res in results.values() for r in res.rows))

@@ -48,3 +48,18 @@ def test_predicted_cost_sums_blocks_and_non_block(setup) -> None:
     assert predicted_cost(library, names, "num_params", None) == sum(
         library.layers[i].variant(n).costs["num_params"] for i, n in enumerate(names)
     )
+
+
+def test_measure_latency_times_the_child_in_the_library_scenario(setup) -> None:
+    from puzzle.assess import measure_latency
+
+    parent, library, lib_dir, _tokens = setup
+    names = ["ffn50", "noop", "kv1"]
+    child = assemble(library, lib_dir, names, parent=parent)
+    (lat,) = measure_latency(child, library, names, repeats=3, warmup=1)
+    assert lat.scenario == "cpu"
+    assert lat.measured_ms > 0 and lat.spread_ms >= 0
+    assert lat.predicted_ms == predicted_cost(library, names, "runtime_ms", "cpu")
+    assert lat.to_dict()["error_pct"] == pytest.approx(100 * (lat.measured_ms / lat.predicted_ms - 1))
+    with pytest.raises(Exception, match="unknown scenario"):
+        measure_latency(child, library, names, ["gpu"])
