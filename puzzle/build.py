@@ -69,7 +69,7 @@ class BuildConfig:
 # --- stage 1: data and activations --------------------------------------------------------------------
 
 
-def _token_rows(config: BuildConfig, tokenizer: Any, work: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _token_rows(config: BuildConfig, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, dict]:
     from puzzle.data import cached_tokens, pack_tensor, read_corpus, split_corpus, tokenizer_hash
 
     corpus = read_corpus(config.corpus)
@@ -79,9 +79,9 @@ def _token_rows(config: BuildConfig, tokenizer: Any, work: Path) -> tuple[torch.
             f"the corpus has no held-out documents at held_out_fraction={config.held_out_fraction}; "
             "use a larger corpus or a larger fraction"
         )
-    cache = work / "tokens"
-    train = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache), config.seq_len)
-    held = pack_tensor(cached_tokens(held_docs, tokenizer, "held_out", cache), config.seq_len)
+    # the data module's token cache: shared with parent training (keyed by corpus and tokenizer)
+    train = pack_tensor(cached_tokens(train_docs, tokenizer, "train"), config.seq_len)
+    held = pack_tensor(cached_tokens(held_docs, tokenizer, "held_out"), config.seq_len)
     if len(train) < 2 or len(held) < 1:
         raise DataError(
             f"too little text: {len(train)} training and {len(held)} held-out sequences of {config.seq_len}"
@@ -117,7 +117,7 @@ def prepare(parent_dir: str | Path, work: Path, config: BuildConfig) -> dict[str
     model = load_pretrained(parent_dir).float().eval()
     tokenizer = load_tokenizer(parent_dir)
     digest = write_parent_blocks(model, work)
-    distill, holdout, data_key = _token_rows(config, tokenizer, work)
+    distill, holdout, data_key = _token_rows(config, tokenizer)
     act_root = work / "activations"
     distill_dir = activation_dir(act_root, digest, {**data_key, "split": "distill"})
     holdout_dir = activation_dir(act_root, digest, {**data_key, "split": "holdout"})
@@ -193,8 +193,20 @@ def build_library(
     out, work = Path(out_dir), Path(out_dir) / "work"
     store = ResultStore(work / "results")
 
+    import time
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
     progress.start("prepare", 1)
     prep = prepare(parent_dir, work, config)
+    lap("prepare")
     progress.advance("prepare")
     progress.finish("prepare")
     arch: ArchSpec = prep["arch"]
@@ -215,6 +227,7 @@ def build_library(
             (str(work), prep["distill_dir"], layer, {k: v.to_dict() for k, v in changes.items()}, bld.to_dict()),
         )
     unit_results = executor.run(list(unit_tasks.values()), store, stage="distill", progress=progress)
+    lap("distill")
 
     def unit_result(layer: int, changes: dict[str, Any]) -> dict[str, Any]:
         return unit_results[unit_key(layer, changes, bld, prep["digest"], act_key)]
@@ -246,6 +259,7 @@ def build_library(
     ]
     scores = executor.run(score_tasks, store, stage="score", progress=progress)
     layer_scores = {r["layer"]: r["metrics"] for r in scores.values()}
+    lap("score")
 
     # stage 4: profile distinct specs, then the assembled parent
     specs = list(dict.fromkeys(BlockSpec.from_dict(e["spec"]) for entries in composed.values() for e in entries))
@@ -273,6 +287,7 @@ def build_library(
     profiles = executor.run(profile_tasks, store, stage="profile", progress=progress)
     by_spec = {s: profiles[t.key]["results"][0] for s, t in zip(specs, profile_tasks, strict=False)}
     model_profile = profiles[profile_tasks[-1].key]["scenarios"]
+    lap("profile")
 
     # stage 5: assemble
     progress.start("assemble", len(layers))
@@ -350,7 +365,10 @@ def build_library(
         },
     )
     library.save(out)
+    lap("assemble")
     report = {
+        "seconds": timings,
+        "executor": executor.name,
         "units": [
             {
                 "layer": r["layer"],
