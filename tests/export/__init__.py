@@ -34,12 +34,19 @@ def tokenizer() -> Any:
 
 def tiny_parent_dir(directory: Path, arch: ArchSpec | None = None, seed: int = 0) -> Path:
     """A random-weight parent of ``arch`` (default ``small_llama()``) saved as a HF directory with a tokenizer."""
-    from puzzle.model import CausalLM
-    from puzzle.train import export_parent
+    import json
+
+    from puzzle.data import eos_id, save_tokenizer
+    from puzzle.model import CausalLM, save_pretrained
 
     torch.manual_seed(seed)
     model = CausalLM(arch or small_llama()).eval()
-    export_parent(model, tokenizer(), directory, model_max_length=64)
+    save_pretrained(model, directory)
+    tok = tokenizer()
+    save_tokenizer(tok, directory, model_max_length=64)
+    config = json.loads((directory / "config.json").read_text())
+    config.update(bos_token_id=eos_id(tok), eos_token_id=eos_id(tok))
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
 
 
