@@ -3,11 +3,12 @@
 AdamW (no decay on norms and biases), linear warmup then cosine decay, gradient clipping, a fixed seed.
 Batches are a pure function of (seed, step) (``puzzle.data.iter_batches``), and the state needed to go on
 (weights, optimizer moments, step, losses, the tokenizer) is checkpointed atomically every
-``checkpoint_every`` steps under ``<out>/.puzzle-train/``. Running the same command again after an
-interruption resumes from the last checkpoint and ends with the same weights an uninterrupted run gets.
-When training ends the directory holds ``config.json`` + safetensors (``puzzle.model.save_pretrained``),
-``tokenizer.json``, ``tokenizer_config.json`` and ``train_summary.json`` (written last: its presence marks
-a finished parent, which a repeated call with the same settings reuses instead of retraining).
+``checkpoint_every`` steps in the hidden sibling directory ``.<out name>.train/``. Running the same command
+again after an interruption resumes from the last checkpoint and ends with the same weights an
+uninterrupted run gets. When training ends, ``<out>`` appears whole (``puzzle.model.save_pretrained``
+renames a finished directory into place) with ``config.json``, safetensors, ``tokenizer.json`` and
+``tokenizer_config.json``; ``train_summary.json`` is written last (its presence marks a finished parent,
+which a repeated call with the same settings reuses instead of retraining) and the state directory goes.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from puzzle.presets import Preset, TrainConfig
 if TYPE_CHECKING:
     import torch
 
-STATE_DIR = ".puzzle-train"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "train_summary.json"
 
@@ -115,7 +115,7 @@ def train_parent(
     status = on_status or (lambda _msg: None)
     config = preset.train if steps is None else replace(preset.train, steps=steps)
     out = Path(out_dir)
-    state_dir = out / STATE_DIR
+    state_dir = state_dir_of(out)
 
     status("reading corpus")
     train_docs, _ = split_corpus(read_corpus(corpus), config.held_out_fraction)
@@ -131,6 +131,8 @@ def train_parent(
             )
         return replace(_result_from_dict(summary["result"]), reused=True)
 
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+        raise ConfigError(f"--out {out} exists and is not an empty directory; choose a new directory for the parent")
     state_dir.mkdir(parents=True, exist_ok=True)
     if (state_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(state_dir)
@@ -216,23 +218,27 @@ def train_parent(
         resumed_from=resumed_from,
     )
     status("writing the Hugging Face directory")
-    export_parent(model, tokenizer, out, model_max_length=config.seq_len)
+    export_parent(model, state_dir, out)
     atomic_write_text(out / SUMMARY, json.dumps({"run_key": run_key, "result": result.to_dict()}, indent=2) + "\n")
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
 
 
-def export_parent(model: torch.nn.Module, tokenizer: Any, out: Path, *, model_max_length: int) -> None:
-    """``save_pretrained`` + tokenizer files, with the tokenizer's EOS as ``bos/eos_token_id`` in config.json."""
+def state_dir_of(out: Path) -> Path:
+    """Where an unfinished run of ``out`` keeps its checkpoint and tokenizer."""
+    return out.parent / f".{out.name}.train"
+
+
+def export_parent(model: torch.nn.Module, tokenizer_dir: Path, out: Path) -> None:
+    """``save_pretrained`` with the tokenizer files of ``tokenizer_dir``; its EOS becomes ``bos/eos_token_id``."""
     from puzzle.model import save_pretrained
 
-    save_pretrained(model, out)
+    save_pretrained(model, out, tokenizer_dir=tokenizer_dir)
     config_file = out / "config.json"
     config = json.loads(config_file.read_text())
-    eos = eos_id(tokenizer)
+    eos = eos_id(load_tokenizer(out))
     config.update(bos_token_id=eos, eos_token_id=eos)
     atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
-    save_tokenizer(tokenizer, out, model_max_length=model_max_length)
 
 
 def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -33,15 +33,6 @@ def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t.repeat_interleave(n_heads // t.shape[-2], dim=-2)
 
 
-def segsum(a: torch.Tensor) -> torch.Tensor:
-    """``out[..., i, j] = sum(a[..., j+1 : i+1])`` for j <= i, -inf above the diagonal. (..., L) -> (..., L, L)."""
-    L = a.shape[-1]
-    a = a[..., :, None].expand(*a.shape, L)  # a[..., k, j] = a_k
-    below = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
-    out = a.masked_fill(~below, 0).cumsum(dim=-2)  # sum over j < k <= i
-    return out.masked_fill(~below.logical_or(torch.eye(L, dtype=torch.bool, device=a.device)), -torch.inf)
-
-
 def ssd_step(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -81,6 +72,13 @@ def ssd_ref(
     return torch.stack(ys, dim=1), state  # (B, T, H, P), (B, H, P, N)
 
 
+def _decay(a_cum: torch.Tensor) -> torch.Tensor:
+    """``exp(a_cum[i] - a_cum[j])`` for j <= i, else 0: the decay from position j to i. (..., L) -> (..., L, L)."""
+    L = a_cum.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=a_cum.device).tril()
+    return torch.exp((a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -torch.inf))
+
+
 def ssd_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -91,42 +89,49 @@ def ssd_chunked(
     D: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked SSD in pure PyTorch; same contract as ``ssd_ref``."""
+    """Chunked SSD in pure PyTorch; same contract as ``ssd_ref``.
+
+    Heads stay grouped as (G, R = H / G) so that B and C are never copied per head: the C.B products are
+    computed once per group. Shapes below: c chunks of l (= s) positions, h = (g r) heads.
+    """
     b, t, h, p = x.shape
-    pad = (-t) % chunk_size
-    xf, dt = x.float(), dt.float()
-    Bh, Ch = _heads(B.float(), h), _heads(C.float(), h)  # (b, t, h, n)
-    xdt = xf * dt[..., None]  # (b, t, h, p)
-    dA = dt * A.float()  # (b, t, h)
+    g, n = B.shape[2], B.shape[3]
+    r, pad = h // g, (-t) % chunk_size
+    xf = x.float()
+    xdt = xf * dt.float()[..., None]  # (b, t, h, p)
+    dA = dt.float() * A.float()  # (b, t, h)
+    Bf, Cf = B.float(), C.float()
     if pad:
-        xdt, Bh, Ch = (F.pad(v, (0, 0, 0, 0, 0, pad)) for v in (xdt, Bh, Ch))
+        xdt, Bf, Cf = (F.pad(v, (0, 0, 0, 0, 0, pad)) for v in (xdt, Bf, Cf))
         dA = F.pad(dA, (0, 0, 0, pad))
-    c = (t + pad) // chunk_size
-    xdt = xdt.view(b, c, chunk_size, h, p)  # (b, c, l, h, p)
-    Bh, Ch = (v.view(b, c, chunk_size, h, -1) for v in (Bh, Ch))  # (b, c, l, h, n)
-    dA = dA.view(b, c, chunk_size, h).permute(0, 3, 1, 2)  # (b, h, c, l)
-    A_cum = dA.cumsum(dim=-1)  # (b, h, c, l)
+    c, L = (t + pad) // chunk_size, chunk_size
+    xdt = xdt.view(b, c, L, g, r, p).permute(0, 1, 3, 4, 2, 5)  # (b, c, g, r, l, p)
+    Bc = Bf.view(b, c, L, g, n).transpose(2, 3)  # (b, c, g, l, n)
+    Cc = Cf.view(b, c, L, g, n).transpose(2, 3)  # (b, c, g, l, n)
+    A_cum = dA.view(b, c, L, g, r).permute(0, 1, 3, 4, 2).cumsum(dim=-1)  # (b, c, g, r, l)
 
-    # 1. within each chunk: y_l = sum_{s<=l} C_l.B_s exp(A_cum_l - A_cum_s) xdt_s
-    decay_in = torch.exp(segsum(dA))  # (b, h, c, l, s)
-    scores = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh) * decay_in  # (b, h, c, l, s)
-    y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)  # (b, c, l, h, p)
+    # 1. within each chunk: y_l = sum_{s<=l} (C_l . B_s) exp(A_cum_l - A_cum_s) xdt_s
+    CB = Cc @ Bc.transpose(-1, -2)  # (b, c, g, l, s), once per group
+    y_diag = (CB[:, :, :, None] * _decay(A_cum)) @ xdt  # (b, c, g, r, l, p)
 
-    # 2. each chunk's contribution to the state at its end
-    decay_to_end = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, l)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_to_end, xdt)  # (b, c, h, p, n)
+    # 2. each chunk's own contribution to the state at its end: sum_l exp(A_cum_end - A_cum_l) xdt_l B_l^T
+    decay_to_end = torch.exp(A_cum[..., -1:] - A_cum)  # (b, c, g, r, l)
+    weighted = (xdt * decay_to_end[..., None]).transpose(-1, -2).reshape(b, c, g, r * p, L)  # (b, c, g, rp, l)
+    chunk_states = (weighted @ Bc).view(b, c, h, p, n)  # (b, c, h, p, n)
 
-    # 3. recurrence over chunks: the state entering each chunk, and the final one
-    init = initial_state.float() if initial_state is not None else xdt.new_zeros(b, h, p, Bh.shape[-1])
+    # 3. recurrence over chunks: the state entering each chunk, and the final state
+    init = initial_state.float() if initial_state is not None else xdt.new_zeros(b, h, p, n)
     chunk_states = torch.cat([init[:, None], chunk_states], dim=1)  # (b, c+1, h, p, n)
-    decay_chunks = torch.exp(segsum(F.pad(A_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunks, chunk_states)  # (b, c+1, h, p, n)
+    chunk_cum = F.pad(A_cum[..., -1].reshape(b, c, h).cumsum(dim=1).transpose(1, 2), (1, 0))  # (b, h, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", _decay(chunk_cum), chunk_states)  # (b, c+1, h, p, n)
     states, final_state = states[:, :-1], states[:, -1]
 
-    # 4. the entering state's contribution inside each chunk
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states, torch.exp(A_cum))  # (b, c, l, h, p)
+    # 4. the entering state's contribution inside each chunk: exp(A_cum_l) C_l . state
+    states = states.reshape(b, c, g, r * p, n).transpose(-1, -2)  # (b, c, g, n, rp)
+    y_off = (Cc @ states).view(b, c, g, L, r, p).transpose(3, 4)  # (b, c, g, r, l, p)
+    y = y_diag + y_off * torch.exp(A_cum)[..., None]  # (b, c, g, r, l, p)
 
-    y = (y_diag + y_off).reshape(b, c * chunk_size, h, p)[:, :t]  # (b, t, h, p)
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(b, c * L, h, p)[:, :t]  # (b, t, h, p)
     if D is not None:
         y = y + D.float()[:, None] * xf
     return y.to(x.dtype), final_state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from puzzle.model.ssd import segsum, ssd, ssd_chunked, ssd_ref, ssd_step
+from puzzle.model.ssd import _decay, ssd, ssd_chunked, ssd_ref, ssd_step
 
 
 def _inputs(b: int, t: int, h: int, p: int, g: int, n: int, seed: int = 0):
@@ -58,8 +58,7 @@ def test_dispatch_uses_pure_pytorch_on_cpu() -> None:
     assert torch.equal(y, y_ref) and torch.equal(s, s_ref)
 
 
-def test_segsum() -> None:
-    a = torch.tensor([1.0, 2.0, 3.0])
-    out = segsum(a)
-    assert out[2, 0] == 5.0 and out[2, 2] == 0.0 and out[1, 0] == 2.0
-    assert torch.isinf(out[0, 1]) and out[0, 1] < 0
+def test_decay_matrix() -> None:
+    a_cum = torch.tensor([1.0, 3.0, 6.0]).log().cumsum(0)  # cumulative log-decays
+    out = _decay(a_cum)
+    assert torch.allclose(out, torch.tensor([[1.0, 0, 0], [3.0, 1, 0], [18.0, 6, 1]]))
