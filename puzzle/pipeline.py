@@ -261,15 +261,17 @@ def _evaluate(ctx: _Context, child: CausalLM, layers: Sequence[str]) -> dict[str
     return {"perplexity": quality.perplexity, "loss": quality.loss, "kl": kl, **latency.to_dict()}
 
 
-def _child(ctx: _Context, layers: Sequence[str], gkd: bool) -> tuple[dict[str, Any], CausalLM | None]:
-    """Evaluation record of the child ``layers`` (GKD-healed when ``gkd``), reusing a stored one."""
+def _child(ctx: _Context, layers: Sequence[str], gkd: bool, need_model: bool) -> tuple[dict[str, Any], CausalLM | None]:
+    """Evaluation record of the child ``layers`` (GKD-healed when ``gkd``), reusing a stored one; the child
+    itself too when ``need_model`` or when it has to be evaluated."""
     from puzzle.assemble import assemble
     from puzzle.gkd import run_gkd
 
     arch_key = key_digest(ctx.library.digest(), list(layers))
     key = f"child/{arch_key}/{'gkd' if gkd else 'raw'}/{key_digest(ctx.cfg.key(), ctx.scenario)}"
-    if key in ctx.store and not gkd:
-        return ctx.store.get(key), None
+    stored = ctx.store.get(key) if key in ctx.store else None
+    if stored is not None and not need_model:
+        return stored, None
     child = assemble(ctx.library, ctx.out / "library", layers, parent=ctx.parent)
     record: dict[str, Any] = {}
     if gkd:
@@ -292,8 +294,8 @@ def _child(ctx: _Context, layers: Sequence[str], gkd: bool) -> tuple[dict[str, A
         record["gkd"] = {k: v for k, v in result.to_dict().items() if k != "losses"}
         record["gkd"]["loss_first"] = result.losses[0] if result.losses else None
         record["gkd"]["loss_last"] = result.losses[-1] if result.losses else None
-        if key in ctx.store:
-            return ctx.store.get(key), child
+    if stored is not None:
+        return stored, child
     record |= _evaluate(ctx, child, layers)
     ctx.store.put(key, record)
     return record, child
@@ -315,7 +317,10 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
         )
         for gkd in (False, True):
             ctx.status(f"{budget:.0%} {method}{'+gkd' if gkd else ''}: {_summary(ctx.library, layers)}")
-            record, child = _child(ctx, layers, gkd)
+            target = ctx.out / "export" / f"puzzle-{round(budget * 100)}"
+            export = method == "puzzle" and gkd
+            exported = export and _exported(target, layers, ctx.cfg.gkd)
+            record, child = _child(ctx, layers, gkd, need_model=export and not exported)
             name = f"{method}+gkd" if gkd else method
             rows.append(
                 Row(
@@ -330,8 +335,9 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
                 )
             )
             ctx.progress.advance("children")
-            if method == "puzzle" and gkd and child is not None:
-                target = ctx.out / "export" / f"puzzle-{round(budget * 100)}"
+            if export and exported:
+                exports[f"{budget:g}"] = str(target)
+            elif export and child is not None:
                 manifest = build_manifest(
                     parent_digest=ctx.library.parent.get("digest"),
                     library_digest=ctx.library.digest(),
@@ -347,6 +353,17 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
                 export_child(child, target, manifest=manifest, tokenizer_dir=ctx.out / "parent", force=True)
                 exports[f"{budget:g}"] = str(target)
     return rows
+
+
+def _exported(target: Path, layers: Sequence[str], gkd: GKDConfig) -> bool:
+    """Whether ``target`` already holds the export of ``layers`` healed with ``gkd``."""
+    from puzzle.export import MANIFEST_NAME, read_manifest
+
+    if not (target / MANIFEST_NAME).is_file():
+        return False
+    manifest = read_manifest(target)
+    healed = (manifest.get("extra") or {}).get("gkd") or {}
+    return manifest.get("layers") == list(layers) and healed.get("config") == gkd.to_dict()
 
 
 def _summary(library: BlockLibrary, layers: Sequence[str]) -> str:
