@@ -114,7 +114,9 @@ def assemble(
         if v.spec is None:
             raise LibraryError(f"layer {i} variant {v.name!r} has no block spec (an imported library cannot be built)")
     child_arch = replace(arch, blocks=tuple(v.spec for v in variants))
-    state: dict[str, torch.Tensor] = {k: v for k, v in parent_model.state_dict().items() if not k.startswith("blocks.")}
+    state: dict[str, torch.Tensor] = {
+        k: v.clone() for k, v in parent_model.state_dict().items() if not k.startswith("blocks.")
+    }
     for i, v in enumerate(variants):
         block_state = _variant_state(Path(library_dir), i, v, arch.blocks[i], parent_model.blocks[i].state_dict())
         state.update({f"blocks.{i}.{k}": t.clone() for k, t in block_state.items()})

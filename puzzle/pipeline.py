@@ -155,7 +155,7 @@ def _train_parent(cfg: DemoConfig, out: Path, progress: ProgressSink, status: Ca
         progress.advance("train parent")
 
     result = train_parent(
-        get_preset(cfg.preset), out / "parent", None, steps=cfg.train_steps, on_step=on_step, on_status=status
+        cfg.get_preset(), out / "parent", cfg.corpus, steps=cfg.train_steps, on_step=on_step, on_status=status
     )
     if started:
         progress.finish("train parent")
