@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from puzzle.arch import AttentionSpec, BlockSpec, FFNSpec, MambaSpec, RopeSpec
+from puzzle.arch import ArchSpec, AttentionSpec, BlockSpec, FFNSpec, MambaSpec, RopeSpec
 from puzzle.model.attention import Attention, LinearAttention
 from puzzle.model.cache import LayerCache
 from puzzle.model.ffn import LinearFFN, ReLU2MLP, SwiGLU
@@ -31,6 +31,10 @@ class ModelContext:
     hidden_size: int
     norm_eps: float = 1e-5
     rope: RopeSpec = field(default_factory=RopeSpec)
+
+    @classmethod
+    def from_arch(cls, arch: ArchSpec) -> ModelContext:
+        return cls(hidden_size=arch.hidden_size, norm_eps=arch.norm_eps, rope=arch.rope)
 
 
 Builder = Callable[[Subblock, ModelContext], nn.Module]

@@ -584,11 +584,10 @@ def save_pretrained(
     config = hf_config_from_arch(model.arch, dtype)
     layout = _layout(config["model_type"])
     params = dict(model.named_parameters())
-    tensors = {
-        hf: params[ours].detach().to("cpu").contiguous()
-        for ours, hf in _hf_names(model, layout).items()
-        if not (model.arch.tie_embeddings and ours == "lm_head.weight")
-    }
+    tensors = {hf: params[ours].detach().to("cpu").contiguous() for ours, hf in _hf_names(model, layout).items()}
+    if model.arch.tie_embeddings and layout == "nemotron_h":
+        # transformers' NemotronHForCausalLM never ties its head: store it (a copy; safetensors refuses aliases)
+        tensors["lm_head.weight"] = tensors[hf_tensor_name("embed_tokens.weight", layout)].clone()
     source = Path(tokenizer_dir) if tokenizer_dir is not None else getattr(model, "hf_source", None)
 
     path.parent.mkdir(parents=True, exist_ok=True)

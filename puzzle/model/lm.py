@@ -30,7 +30,7 @@ class CausalLM(nn.Module):
     def __init__(self, arch: ArchSpec) -> None:
         super().__init__()
         self.arch = arch
-        ctx = ModelContext(hidden_size=arch.hidden_size, norm_eps=arch.norm_eps, rope=arch.rope)
+        ctx = ModelContext.from_arch(arch)
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size)
         self.blocks = nn.ModuleList(Block(spec, ctx) for spec in arch.blocks)
         self.norm = RMSNorm(arch.hidden_size, arch.norm_eps)

@@ -13,7 +13,7 @@ from puzzle.model import Block, CausalLM, ModelContext, build_subblock, hf_forma
 from puzzle.model.attention import Attention, LinearAttention
 from puzzle.model.ffn import LinearFFN, ReLU2MLP, SwiGLU
 from puzzle.model.mamba2 import Mamba2
-from tests.model.tiny import HIDDEN, hetero_arch, tokens
+from tests.model.tiny import HIDDEN, hetero_arch, hybrid_arch, tokens
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,31 @@ def test_tied_embeddings_share_one_tensor(tmp_path: Path) -> None:
     save_pretrained(tied, tmp_path / "t")
     reloaded = load_pretrained(tmp_path / "t")
     assert reloaded.lm_head.weight is reloaded.embed_tokens.weight
+
+
+def test_bfloat16_forward_and_decode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CausalLM(hetero_arch()).eval()
+    save_pretrained(model, tmp_path / "m")
+    bf16 = load_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    ids = tokens(length=7)
+    with torch.no_grad():
+        full32, full16 = model(ids), bf16(ids)
+        cache = bf16.new_cache()
+        steps = torch.cat([bf16(ids[:, t : t + 1], cache=cache) for t in range(ids.shape[1])], 1)
+    assert full16.dtype == torch.bfloat16
+    assert (full16.float() - full32).abs().max() < 0.05
+    assert (steps.float() - full16.float()).abs().max() < 0.05
+
+
+def test_tied_hybrid_is_loaded_identically_by_transformers(tmp_path: Path) -> None:
+    import transformers
+
+    model = CausalLM(hybrid_arch(tie=True)).eval()
+    assert hf_format(model.arch) == "nemotron_h"
+    save_pretrained(model, tmp_path / "h")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "h").eval()
+    ids = tokens(length=5)
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids)).abs().max() < 1e-4

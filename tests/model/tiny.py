@@ -94,3 +94,19 @@ def hetero_arch() -> ArchSpec:
 def tokens(batch: int = 2, length: int = 11, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, length), generator=g)
+
+
+def hybrid_arch(pattern: str = "M*-M", *, tie: bool = False) -> ArchSpec:
+    """A homogeneous Nemotron-H-style hybrid (one layer kind per letter: M Mamba-2, * attention, - MLP)."""
+    kinds = {
+        "M": BlockSpec(mamba=MambaSpec(n_heads=4, head_dim=8, n_groups=2, d_state=8, chunk_size=4)),
+        "*": BlockSpec(attention=AttentionSpec(n_heads=4, n_kv_heads=2, head_dim=8, rope=False)),
+        "-": BlockSpec(ffn=FFNSpec(intermediate_size=48, activation="relu2")),
+    }
+    return ArchSpec(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        blocks=tuple(kinds[c] for c in pattern),
+        family="nemotron_h",
+        tie_embeddings=tie,
+    )
