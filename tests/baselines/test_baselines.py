@@ -73,3 +73,45 @@ def test_baselines_never_beat_exhaustive_search(library) -> None:
         except InfeasibleError:
             continue
         assert _kl(library, got) >= _kl(library, list(best)) - 1e-12
+
+
+def _hybrid_library() -> BlockLibrary:
+    """Specs and costs only (baselines read nothing else): Mamba, attention and MLP layers, Nemotron-H style."""
+    from dataclasses import replace
+
+    from puzzle.arch import BlockSpec
+    from puzzle.library import Layer, Scenario, Variant
+    from tests.export import small_hybrid
+
+    arch = small_hybrid()
+    layers = []
+    for i, block in enumerate(arch.blocks):
+        options = {"parent": block, "noop": BlockSpec()}
+        if not block.mamba.is_no_op:
+            options["half"] = replace(block, mamba=replace(block.mamba, n_heads=block.mamba.n_heads // 2))
+        elif not block.attention.is_no_op:
+            options["half"] = replace(block, attention=replace(block.attention, n_kv_heads=1))
+        else:
+            options["half"] = replace(block, ffn=replace(block.ffn, intermediate_size=block.ffn.intermediate_size // 2))
+        cost = {"parent": 10.0, "half": 6.0, "noop": 0.5}
+        kl = {"parent": 0.0, "half": 0.1 * (i + 1), "noop": 1.0 + i}
+        variants = [
+            Variant(n, n == "parent", s, {"kl_div": kl[n]}, {}, {"cpu": {"runtime_ms": cost[n]}})
+            for n, s in options.items()
+        ]
+        layers.append(Layer(i, tuple(variants)))
+    return BlockLibrary(tuple(layers), {"cpu": Scenario("cpu")}, family="nemotron_h", hidden_size=arch.hidden_size)
+
+
+def test_uniform_width_on_a_hybrid_applies_each_fraction_to_the_layers_that_have_the_subblock() -> None:
+    library = _hybrid_library()
+    assert uniform_width(library, 30.0, scenario="cpu") == ["parent"] * 3
+    assert uniform_width(library, 18.0, scenario="cpu") == ["half"] * 3  # every kind narrowed, none removed
+    combos = {  # what is feasible at 26: narrowing one kind of layer only
+        "mamba": ["half", "parent", "parent"],
+        "attention": ["parent", "half", "parent"],
+        "ffn": ["parent", "parent", "half"],
+    }
+    got = uniform_width(library, 26.0, scenario="cpu")
+    assert got == combos["mamba"]  # the least KL of the three (layer 0's change is the cheapest in KL)
+    assert depth_pruning(library, 21.0, scenario="cpu") == ["noop", "parent", "parent"]
