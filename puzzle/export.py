@@ -179,11 +179,14 @@ def export_solution(
     parent: str | os.PathLike[str] | None = None,
     measured_costs: Mapping[str, float] | None = None,
     model: CausalLM | None = None,
+    measure: bool = False,
     force: bool = False,
 ) -> Path:
     """Assemble ``solution`` (a search ``Solution.to_dict()``) from the library in ``library_dir`` and export it.
 
-    ``model`` is the already assembled (e.g. GKD-healed) child to write instead of a fresh assembly.
+    ``model`` is the already assembled (e.g. GKD-healed) child to write instead of a fresh assembly; with
+    ``measure`` its latency is measured here in every scenario of the library and recorded with the error of
+    the library's prediction (meaningful only on the device the library was profiled on).
     """
     from puzzle.assemble import assemble, chosen_layers, load_parent
     from puzzle.library import BlockLibrary
@@ -193,6 +196,13 @@ def export_solution(
     layers = chosen_layers(solution)
     parent_model = load_parent(library, parent)
     child = model if model is not None else assemble(library, library_dir, layers, parent=parent_model)
+    measured = dict(measured_costs or {})
+    if measure:
+        from puzzle.assess import measure_latency
+
+        for lat in measure_latency(child, library, layers):
+            measured[f"runtime_ms@{lat.scenario}"] = lat.measured_ms
+            measured[f"runtime_error_pct@{lat.scenario}"] = lat.error_pct
     manifest = build_manifest(
         parent_digest=library.parent.get("digest"),
         library_digest=library.digest(),
@@ -200,7 +210,7 @@ def export_solution(
         objective={"metric": solution.get("metric"), "value": solution.get("objective")},
         constraints=solution.get("constraints", ()),
         predicted_costs=predicted_costs(library, layers),
-        measured_costs=measured_costs,
+        measured_costs=measured,
         solver=solution.get("solver"),
         scenario=solution.get("scenario"),
         extra={k: solution[k] for k in ("status", "totals", "percent_of_parent") if k in solution},

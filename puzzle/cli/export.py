@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="measure the child's latency in the library's scenarios here and record it (with the prediction's error)",
+    )
     parser.set_defaults(func=_export)
 
 
@@ -70,8 +75,13 @@ def _export(args: argparse.Namespace) -> int:
         library = BlockLibrary.load(args.library)
         constraints = [parse_constraint(c) for c in bounds]
         solution = solve(library, args.objective, constraints, scenario=args.scenario).to_dict()
-    out = export_solution(args.library, solution, args.out, parent=args.parent, force=args.force)
+    out = export_solution(args.library, solution, args.out, parent=args.parent, measure=args.measure, force=args.force)
     print(f"exported {len(solution['layers'])}-layer child to {out}")
     for i, name in enumerate(solution["layers"]):
         print(f"  layer {i:>3}  {name}")
+    if args.measure:
+        from puzzle.export import read_manifest
+
+        for key, value in read_manifest(out)["measured_costs"].items():
+            print(f"  measured {key} = {value:.3f}")
     return 0

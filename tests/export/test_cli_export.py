@@ -37,7 +37,14 @@ def test_export_a_saved_solution(lib_dir, tmp_path) -> None:
     (tmp_path / "solution.json").write_text(json.dumps(solution))
     out = tmp_path / "child"
     result = run_cli(
-        "export", "--library", str(lib_dir), "--solution", str(tmp_path / "solution.json"), "--out", str(out)
+        "export",
+        "--library",
+        str(lib_dir),
+        "--solution",
+        str(tmp_path / "solution.json"),
+        "--out",
+        str(out),
+        "--measure",
     )
     assert result.returncode == 0, result.stderr
     assert "layer   2  noop" in result.stdout
@@ -52,6 +59,7 @@ def test_export_a_saved_solution(lib_dir, tmp_path) -> None:
     parent_runtime = sum(layer.parent.scenario_costs["cpu"]["runtime_ms"] for layer in library.layers) + 0.05
     assert manifest["predicted_costs"]["runtime_ms@cpu"] < parent_runtime
     assert (out / "tokenizer.json").is_file()
+    assert manifest["measured_costs"]["runtime_ms@cpu"] > 0 and "runtime_error_pct@cpu" in manifest["measured_costs"]
 
     again = run_cli(
         "export", "--library", str(lib_dir), "--solution", str(tmp_path / "solution.json"), "--out", str(out)
