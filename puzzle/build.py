@@ -49,7 +49,7 @@ class BuildConfig:
     bld: BLDConfig = field(default_factory=BLDConfig)
     seq_len: int = 128
     distill_sequences: int = 256
-    holdout_sequences: int = 32
+    holdout_sequences: int = 16
     held_out_fraction: float = 0.05
     score_batch: int = 8
     device: str = "cpu"
@@ -271,7 +271,7 @@ def build_library(
             profile_task,
             (arch.to_dict(), [s.to_dict()], sc_dicts, *prof_args),
             kwargs={"threads": config.profile_threads},
-            num_cpus=config.profile_threads,
+            num_cpus=executor.max_task_cpus,
         )
         for s in specs
     ]
@@ -281,7 +281,7 @@ def build_library(
             profile_model_task,
             (str(work), sc_dicts, *prof_args),
             kwargs={"threads": config.profile_threads},
-            num_cpus=config.profile_threads,
+            num_cpus=executor.max_task_cpus,
         )
     )
     profiles = executor.run(profile_tasks, store, stage="profile", progress=progress)

@@ -34,6 +34,8 @@ from puzzle.store import atomic_write_json, key_digest, save_tensors
 
 # subblock kind (space / BlockSpec field) -> module attribute of puzzle.model.Block
 MODULE = {"mamba": "mamba", "attention": "attn", "ffn": "ffn"}
+# bump when the init or training algorithm changes, so stored units are not reused across versions
+BLD_VERSION = 2
 SPEC_TYPES = {"mamba": MambaSpec, "attention": AttentionSpec, "ffn": FFNSpec}
 
 
@@ -41,7 +43,7 @@ SPEC_TYPES = {"mamba": MambaSpec, "attention": AttentionSpec, "ffn": FFNSpec}
 class BLDConfig:
     """Distillation settings of one unit: token budget, learning rate, sequences per step, seed."""
 
-    tokens: int = 131_072
+    tokens: int = 65_536
     lr: float = 5e-4
     batch: int = 8
     seed: int = 0
@@ -227,7 +229,8 @@ def distill_block(
     """Train the ``trainable`` submodules of ``child`` so ``child(h) - h`` matches ``h_out - h_in`` (NMSE).
 
     ``h_in`` / ``h_out`` (N, T, C): parent block input and output. The last ``val_fraction`` of sequences
-    is held out to report NMSE before and after.
+    is held out to report NMSE before and after. When training did not lower the NMSE on (a fixed part of)
+    its own training data, the initial weights are kept (``kept_init``).
     """
     train, val = _split(h_in.shape[0], cfg.val_fraction)
     x_train, y_train = h_in[train], h_out[train]
@@ -237,6 +240,9 @@ def distill_block(
     for p in params:
         p.requires_grad_(True)
     before = evaluate_nmse(child, h_in[val], h_out[val])
+    probe = slice(0, min(32, x_train.shape[0]))  # fixed training sequences: did training help its objective?
+    train_before = evaluate_nmse(child, x_train[probe], y_train[probe])
+    init_state = {k: v.clone() for k, v in child.state_dict().items()}
     seq = h_in.shape[1]
     steps = math.ceil(cfg.tokens / (cfg.batch * seq)) if params else 0
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -258,6 +264,9 @@ def distill_block(
             sched.step()
             losses.append(loss.item())
         child.eval()
+    reverted = bool(steps) and evaluate_nmse(child, x_train[probe], y_train[probe]) >= train_before
+    if reverted:  # a near-perfect init (e.g. only dead channels pruned) that Adam's first steps only perturb
+        child.load_state_dict(init_state)
     after = evaluate_nmse(child, h_in[val], h_out[val])
     for p in child.parameters():
         p.requires_grad_(False)
@@ -270,6 +279,7 @@ def distill_block(
         "train_loss_last": sum(tail) / len(tail) if losses else before,
         "steps": steps,
         "tokens": steps * min(cfg.batch, x_train.shape[0]) * seq,
+        "kept_init": reverted,
     }
 
 
@@ -310,7 +320,7 @@ def unit_key(layer: int, changes: dict[str, Any], cfg: BLDConfig, parent_digest:
     """Key of one BLD unit: what produced it (parent, data, layer, changed subblocks, settings)."""
     desc = {k: v.to_dict() for k, v in sorted(changes.items())}
     kinds = "+".join(sorted(changes))
-    return f"bld/L{layer}/{kinds}/{key_digest(parent_digest, act_key, layer, desc, cfg.to_dict())}"
+    return f"bld/L{layer}/{kinds}/{key_digest(BLD_VERSION, parent_digest, act_key, layer, desc, cfg.to_dict())}"
 
 
 def bld_task(work: str, act_dir: str, layer: int, changes: dict[str, dict], cfg: dict[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,11 @@ class Executor(ABC):
 
     name: str = "executor"
 
+    @property
+    def max_task_cpus(self) -> float:
+        """The most CPUs one task may ask for (a task asking this many runs alone: e.g. latency profiling)."""
+        return 1.0
+
     def run(
         self,
         tasks: Sequence[Task],
@@ -160,6 +165,10 @@ class RayExecutor(Executor):
             ray.init(address=address, **kwargs)
             self._owns_cluster = address is None
         self._ray = ray
+
+    @property
+    def max_task_cpus(self) -> float:
+        return float(self._ray.cluster_resources().get("CPU", 1.0))
 
     def _run(self, tasks: Sequence[Task], store_root: str, done: Callable[[str, dict], None]) -> None:
         ray = self._ray

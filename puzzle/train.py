@@ -113,7 +113,9 @@ def train_parent(
     from puzzle.model import CausalLM
 
     status = on_status or (lambda _msg: None)
-    config = preset.train if steps is None else replace(preset.train, steps=steps)
+    config = preset.train
+    if steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
+        config = replace(config, steps=steps, warmup_steps=min(config.warmup_steps, max(1, steps // 10)))
     out = Path(out_dir)
     state_dir = state_dir_of(out)
 

@@ -26,7 +26,7 @@ def register(library_subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--corpus", help="text for distillation and scoring (default: the Python standard library)")
     g = p.add_argument_group("distillation")
-    g.add_argument("--tokens", type=int, help="BLD token budget per unit (default 131072)")
+    g.add_argument("--tokens", type=int, help="BLD token budget per unit (default 65536)")
     g.add_argument("--lr", type=float, help="BLD learning rate (default 5e-4)")
     g.add_argument("--batch", type=int, help="BLD sequences per step (default 8)")
     g.add_argument("--seed", type=int, help="BLD seed (default 0)")
@@ -35,7 +35,7 @@ def register(library_subparsers: argparse._SubParsersAction) -> None:
     d = p.add_argument_group("data and profiling")
     d.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     d.add_argument("--distill-sequences", type=int, default=256, help="distillation sequences (default 256)")
-    d.add_argument("--holdout-sequences", type=int, default=32, help="held-out scoring sequences (default 32)")
+    d.add_argument("--holdout-sequences", type=int, default=16, help="held-out scoring sequences (default 16)")
     d.add_argument(
         "--held-out-fraction", type=float, default=0.05, help="corpus share held out for scoring (default 0.05)"
     )

@@ -41,11 +41,20 @@ def training_bar(description: str = "training") -> Iterator[tuple[Callable[[Step
     )
     task = None
 
+    every = None  # not a terminal (a log file, CI): a plain line every 5 % instead of a live bar
+
     def on_step(info: StepInfo) -> None:
-        nonlocal task
+        nonlocal task, every
         if task is None:
             task = progress.add_task(description, total=info.total, completed=info.step - 1, loss="-", rate="-")
+            every = None if out.is_terminal else max(1, info.total // 20)
         progress.update(task, completed=info.step, loss=f"{info.loss:.3f}", rate=f"{info.tokens_per_s:,.0f}")
+        if every is not None and (info.step % every == 0 or info.step == info.total):
+            out.print(
+                f"{description}: step {info.step}/{info.total}  loss {info.loss:.3f}  lr {info.lr:.2e}  "
+                f"{info.tokens_per_s:,.0f} tok/s",
+                highlight=False,
+            )
 
     def on_status(message: str) -> None:
         progress.console.print(f"[dim]{message}[/dim]")

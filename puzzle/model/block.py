@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class ModelContext:
         return cls(hidden_size=arch.hidden_size, norm_eps=arch.norm_eps, rope=arch.rope)
 
 
-Builder = Callable[[Subblock, ModelContext], nn.Module]
+Builder = Callable[[Any, ModelContext], nn.Module]  # (spec of the registered type, context) -> module
 _REGISTRY: dict[tuple[type, str], Builder] = {}
 
 
@@ -126,10 +127,10 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(ctx.hidden_size, ctx.norm_eps) if self.ffn is not None else None
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        if self.mamba is not None:
+        if self.mamba is not None and self.mamba_norm is not None:
             x = x + self.mamba(self.mamba_norm(x), cache.mamba if cache is not None else None)
-        if self.attn is not None:
+        if self.attn is not None and self.attn_norm is not None:
             x = x + self.attn(self.attn_norm(x), cache.kv if cache is not None else None)
-        if self.ffn is not None:
+        if self.ffn is not None and self.ffn_norm is not None:
             x = x + self.ffn(self.ffn_norm(x))
         return x

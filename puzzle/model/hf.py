@@ -308,7 +308,7 @@ def hf_format(arch: ArchSpec) -> str:
     if arch.family == "nemotron_h":
         kinds = [_nemotron_h_kind(b) for b in arch.blocks]
         if None not in kinds:
-            by_kind: dict[str, set[BlockSpec]] = {}
+            by_kind: dict[str | None, set[BlockSpec]] = {}
             for kind, block in zip(kinds, arch.blocks, strict=True):
                 by_kind.setdefault(kind, set()).add(block)
             if all(len(v) == 1 for v in by_kind.values()):
@@ -366,16 +366,16 @@ def hf_config_from_arch(arch: ArchSpec, dtype: torch.dtype = torch.float32) -> d
         return cfg
     if fmt == "nemotron_h":
         return _nemotron_h_config(arch, common)
-    att = next((b.attention for b in arch.blocks if b.attention.kind == "gqa"), None)
-    ffn = next((b.ffn for b in arch.blocks if b.ffn.kind == "mlp"), None)
+    gqa = next((b.attention for b in arch.blocks if b.attention.kind == "gqa"), None)
+    mlp = next((b.ffn for b in arch.blocks if b.ffn.kind == "mlp"), None)
     return {
         "architectures": ["DeciLMForCausalLM"],
         "model_type": "nemotron-nas",
         **common,
-        "num_attention_heads": att.n_heads if att else 1,
-        "head_dim": att.head_dim if att else arch.hidden_size,
-        "intermediate_size": ffn.intermediate_size if ffn else 4 * arch.hidden_size,
-        "hidden_act": "silu" if ffn is None or ffn.activation == "swiglu" else "relu2",
+        "num_attention_heads": gqa.n_heads if gqa else 1,
+        "head_dim": gqa.head_dim if gqa else arch.hidden_size,
+        "intermediate_size": mlp.intermediate_size if mlp else 4 * arch.hidden_size,
+        "hidden_act": "silu" if mlp is None or mlp.activation == "swiglu" else "relu2",
         "rms_norm_eps": arch.norm_eps,
         **_rope_config(arch.rope),
         "block_configs": to_block_configs(arch),
@@ -384,7 +384,7 @@ def hf_config_from_arch(arch: ArchSpec, dtype: torch.dtype = torch.float32) -> d
 
 
 def _nemotron_h_config(arch: ArchSpec, common: dict[str, Any]) -> dict[str, Any]:
-    first = {}
+    first: dict[str, BlockSpec] = {}
     for block in arch.blocks:
         kind = _nemotron_h_kind(block)
         assert kind is not None
@@ -599,7 +599,7 @@ def save_pretrained(
         if len(shards) == 1:
             save_file(shards[0], tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         else:
-            weight_map = {}
+            weight_map: dict[str, str] = {}
             for i, shard in enumerate(shards, 1):
                 name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
                 save_file(shard, tmp / name, metadata={"format": "pt"})

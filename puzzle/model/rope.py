@@ -49,12 +49,13 @@ class Rotary(nn.Module):
     def forward(self, start: int, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (length, D) for positions ``start .. start + length - 1``, in ``like``'s dtype."""
         key = (like.device, like.dtype)
-        cos, sin = self._tables.get(key, (None, None))
-        if cos is None or cos.shape[0] < start + length:
-            size = max(start + length, 2 * (cos.shape[0] if cos is not None else 256))
+        table = self._tables.get(key)
+        if table is None or table[0].shape[0] < start + length:
+            size = max(start + length, 2 * (table[0].shape[0] if table is not None else 256))
             positions = torch.arange(size, device=like.device).float()
             freqs = positions[:, None] * self.inv_freq.to(like.device)[None, :]  # (L, D/2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (L, D)
-            cos, sin = emb.cos().to(like.dtype), emb.sin().to(like.dtype)
-            self._tables[key] = (cos, sin)
+            table = (emb.cos().to(like.dtype), emb.sin().to(like.dtype))
+            self._tables[key] = table
+        cos, sin = table
         return cos[start : start + length], sin[start : start + length]

@@ -17,7 +17,7 @@ from puzzle.distill import BLDConfig, build_block
 from puzzle.library import BlockLibrary, Scenario
 from puzzle.progress import RecordingProgress
 from puzzle.space import parse_space
-from tests.builder import make_corpus, make_parent
+from tests.builder import make_corpus, make_parent, small_hybrid
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE = {"attention": {"kv_heads": [2]}, "ffn": {"fractions": [0.5], "multiple": 32}}
@@ -145,3 +145,30 @@ def test_cli_build_resumes_after_kill_9(parent, tmp_path) -> None:
     assert len(list(results.glob("bld_*.json"))) == 2 * 4
     library = BlockLibrary.load(out)
     assert all(layer.parent.metrics["kl_div"] == 0.0 for layer in library.layers)
+
+
+def test_build_hybrid_library_in_process(tmp_path) -> None:
+    corpus = make_corpus(tmp_path / "corpus")
+    parent_dir = make_parent(tmp_path / "parent", corpus, arch_fn=lambda: small_hybrid("M*-"))
+    config = BuildConfig(
+        bld=BLDConfig(tokens=512, batch=4),
+        seq_len=32,
+        distill_sequences=16,
+        holdout_sequences=4,
+        held_out_fraction=0.3,
+        corpus=str(corpus),
+        warmup=1,
+        repeats=2,
+        scenarios=SCENARIOS,
+    )
+    space = parse_space(
+        {"mamba": {"head_fractions": [0.5]}, "attention": {"kv_heads": [1]}, "ffn": {"fractions": [0.5]}}
+    )
+    library = build_library(parent_dir, tmp_path / "lib", space=space, config=config)
+    mamba, attention, mlp = library.layers
+    assert [v.spec.mamba.n_heads for v in mamba.variants if not v.spec.is_no_op] == [8, 4]
+    assert len(attention.variants) == 4 and len(mlp.variants) == 4  # parent, kv 1 / 50 %, linear, no-op
+    assert all(layer.parent.metrics["kl_div"] == 0.0 for layer in library.layers)
+    half = next(v for v in mamba.variants if not v.is_parent and not v.spec.is_no_op)
+    assert half.costs["num_params"] < mamba.parent.costs["num_params"]
+    assert half.scenario_costs["cpu-decode"]["memory_mib"] < mamba.parent.scenario_costs["cpu-decode"]["memory_mib"]

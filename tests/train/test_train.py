@@ -118,3 +118,12 @@ def test_transformers_loads_trained_parent_with_equal_logits(
     assert ids[0].tolist() == load_tokenizer(out).encode(text).ids[:48]
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_steps_override_shortens_warmup(tmp_path: Path, cache: Path) -> None:
+    seen: list[StepInfo] = []
+    preset = tiny.preset(warmup_steps=4)
+    result = train_parent(preset, tmp_path / "p", tiny.CORPUS, steps=20, cache_dir=cache, on_step=seen.append)
+    assert result.steps == 20 and len(seen) == 20
+    # warmup min(4, 20 // 10) = 2 steps: half the peak, then the peak
+    assert [s.lr for s in seen[:2]] == pytest.approx([preset.train.lr / 2, preset.train.lr])
