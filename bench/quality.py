@@ -66,6 +66,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="parent training steps (default: the presets')")
     parser.add_argument("--bld-tokens", type=int, default=None)
     parser.add_argument("--gkd-tokens", type=int, default=None)
+    parser.add_argument("--distill-sequences", type=int, default=None, help="BLD sequences per layer (default 128)")
+    parser.add_argument("--latency-repeats", type=int, default=None, help="timed runs per latency (default 10)")
     parser.add_argument("--executor", choices=["ray", "local"], default="ray")
     parser.add_argument("--presets", default=",".join(PRESETS))
     args = parser.parse_args()
@@ -77,6 +79,12 @@ def main() -> int:
             cfg = replace(cfg, build=replace(cfg.build, bld=replace(cfg.build.bld, tokens=args.bld_tokens)))
         if args.gkd_tokens:
             cfg = replace(cfg, gkd=replace(cfg.gkd, tokens=args.gkd_tokens))
+        if args.distill_sequences:
+            cfg = replace(cfg, build=replace(cfg.build, distill_sequences=args.distill_sequences))
+        if args.latency_repeats:
+            cfg = replace(
+                cfg, latency_repeats=args.latency_repeats, build=replace(cfg.build, repeats=args.latency_repeats)
+            )
         print(f"== {preset}", file=sys.stderr, flush=True)
         results[preset] = run_demo(
             Path(args.out) / preset, cfg, on_status=lambda m: print(f"   {m}", file=sys.stderr, flush=True)
