@@ -151,3 +151,23 @@ def test_disk_quota_hit_while_writing_weights_keeps_the_old_export(tmp_path, par
     assert "FAILED" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child"]  # no staging or half-written directory
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+def test_heterogeneous_hybrid_child_round_trips(tmp_path, parent) -> None:
+    from dataclasses import replace
+
+    from tests.export import small_hybrid
+
+    arch = small_hybrid()  # M * -
+    mamba = arch.blocks[0].mamba
+    arch = arch.with_block(0, replace(arch.blocks[0], mamba=replace(mamba, n_heads=2)))
+    arch = arch.with_block(2, BlockSpec(AttentionSpec.no_op(), FFNSpec.no_op()))
+    torch.manual_seed(5)
+    child = CausalLM(arch).eval()
+    out = export_child(child, tmp_path / "child", manifest=_manifest(child), tokenizer_dir=parent)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "nemotron-nas"
+    assert config["block_configs"][0]["mamba"]["n_heads"] == 2 and config["block_configs"][2]["ffn"]["no_op"]
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(load_pretrained(out)(x), child(x))
