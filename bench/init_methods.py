@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="init-bench-"))
-    config = BuildConfig(distill_sequences=128, holdout_sequences=8)
+    config = BuildConfig()  # the builder defaults, so a built library's work dir (--work OUT/work) is reused
     prep = prepare(args.parent, work, config)
     arch = prep["arch"]
     layers = [int(i) for i in args.layers.split(",")] if args.layers else range(arch.n_layers)

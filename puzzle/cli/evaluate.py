@@ -15,7 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ".jsonl: prints the number of predicted tokens, mean loss (nats/token) and perplexity.",
     )
     parser.add_argument("--model", required=True, help="HF model directory (config.json, safetensors, tokenizer.json)")
-    parser.add_argument("--text", required=True, help="text file, directory of text files or .jsonl (text field)")
+    parser.add_argument(
+        "--text",
+        default=None,
+        help="text file, directory of text files or .jsonl (text field); default: the Python standard library "
+        "corpus the demo parent trains on (use with --held-out for its held-out split)",
+    )
     parser.add_argument(
         "--seq-len",
         type=int,
@@ -45,7 +50,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.held_out:
         _, corpus = split_corpus(corpus, DEFAULT_HELD_OUT_FRACTION)
         if not corpus.documents:
-            raise DataError(f"{args.text}: no document falls in the held-out split; drop --held-out")
+            raise DataError(f"{corpus.source}: no document falls in the held-out split; drop --held-out")
     tokenizer = load_tokenizer(model_dir)
     seq_len = args.seq_len or _model_max_length(model_dir)
 

@@ -51,6 +51,23 @@ def test_eval_json_equals_the_library_result(parent: Path, tmp_path: Path) -> No
     assert float(short.stdout.split()[3]) > data["loss"]  # less context, higher loss
 
 
+def test_eval_held_out_scores_only_the_held_out_files(parent: Path, tmp_path: Path) -> None:
+    from puzzle.data import split_corpus
+
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    source = (tiny.CORPUS / "decoder.py").read_text()
+    for i in range(100):
+        (corpus_dir / f"part_{i}.py").write_text(source[i * 100 : i * 100 + 300])
+    _, held = split_corpus(read_corpus(corpus_dir))
+    assert 0 < len(held.documents) < 20
+    result = run_cli("eval", "--model", str(parent), "--text", str(corpus_dir), "--held-out", "--json", cache=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected = evaluate(load_pretrained(parent), encode_corpus(held, load_tokenizer(parent)), seq_len=32)
+    assert json.loads(result.stdout)["tokens"] == expected.tokens
+    assert json.loads(result.stdout)["loss"] == pytest.approx(expected.loss, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     ("which", "message"),
     [

@@ -1,0 +1,349 @@
+"""Exact dynamic programming over layers on Pareto sets, with dominance and bound pruning.
+
+Notation (see ``problem.py``): layer i, variant j, objective w[i,j] (minimised), cost rows c[k,i,j],
+block-level bounds lo[k] <= sum c[k] <= hi[k] (with tolerance tol[k]).
+
+State after layers 0..i: a partial assignment, summarised by (C, W) = its partial costs (K,) and objective.
+    Transition   (C, W) x variant j of layer i+1  ->  (C + c[:,i+1,j], W + w[i+1,j])
+    Answer       min W over final states with lo - tol <= C <= hi + tol
+
+Pruning (each rule removes only states that cannot lead to a better feasible answer, so the result is exact):
+    (P1) capacity   C[k] + sum_{l>i} min_j c[k,l,j] > hi[k] + tol[k]   (or the lower-bound twin)
+    (P2) dominance  state a dominates b if W_a <= W_b and C_a is at least as good as C_b on every bounded row
+                    (smaller for upper-bounded rows, larger for lower-bounded rows, equal for rows with both);
+                    a completion of b is then also a completion of a at no more cost. Removing *some*
+                    dominated states keeps exactness, so cheap partial filters are used where an exact one
+                    would cost more than it saves (one row: exact; two rows: bucketed; more: duplicates only).
+    (P3) bound      W + LB_i(C) > UB + eps, UB the objective of a known feasible architecture and LB the
+                    Lagrangian bound of the remaining layers for multipliers nu = lam - mu >= / <= 0:
+                        LB_i(C) = sum_{l>i} min_j (w[l,j] + nu . c[:,l,j]) - lam . (hi + tol - C) + mu . (lo - tol - C)
+                    valid for every completion that meets the bounds (weak duality); nu comes from coordinate
+                    ascent on the root Lagrangian dual (any nu is valid; a good one prunes more).
+    UB comes from a first pass that keeps only the ``beam`` states with the smallest W + LB (a heuristic
+    that usually finds the optimum); the second pass is exact.
+
+The frontier (``frontier.py``) runs the same engine with one unbounded axis row kept in the dominance test
+and no bound pruning, so its final Pareto set is every optimal (axis, objective) trade-off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_BUCKETS = 32
+_EXACT_LIMIT = 1024  # states up to which the pairwise (exact) dominance test is used
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Padded per-layer data: ``w`` (L, J) with +inf padding, ``c`` (L, J, K), ``valid`` (L, J)."""
+
+    w: np.ndarray
+    c: np.ndarray
+    valid: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    tol: np.ndarray
+
+
+def pad(weights: tuple[np.ndarray, ...], costs: tuple[np.ndarray, ...], lo, hi, tol) -> Arrays:
+    n_layers, width = len(weights), max(len(w) for w in weights)
+    k = costs[0].shape[1] if costs else 0
+    w = np.full((n_layers, width), np.inf)
+    c = np.zeros((n_layers, width, k))
+    valid = np.zeros((n_layers, width), dtype=bool)
+    for i, (wi, ci) in enumerate(zip(weights, costs, strict=True)):
+        w[i, : len(wi)] = wi
+        c[i, : len(wi)] = ci
+        valid[i, : len(wi)] = True
+    return Arrays(w, c, valid, np.asarray(lo, float), np.asarray(hi, float), np.asarray(tol, float))
+
+
+def _bounds_used(a: Arrays) -> tuple[np.ndarray, np.ndarray]:
+    return np.isfinite(a.hi), np.isfinite(a.lo)
+
+
+def dual_value(a: Arrays, nu: np.ndarray) -> tuple[float, np.ndarray]:
+    """Lagrangian dual g(nu) over all layers and the cost totals of its minimising assignment."""
+    has_hi, has_lo = _bounds_used(a)
+    lam, mu = np.where(has_hi, np.maximum(nu, 0), 0.0), np.where(has_lo, np.maximum(-nu, 0), 0.0)
+    scores = np.where(a.valid, a.w + a.c @ nu, np.inf)
+    j = scores.argmin(axis=1)
+    rows = np.arange(len(j))
+    value = scores[rows, j].sum() - lam @ np.where(has_hi, a.hi + a.tol, 0) + mu @ np.where(has_lo, a.lo - a.tol, 0)
+    return float(value), a.c[rows, j].sum(axis=0)
+
+
+def dual_ascent(a: Arrays, rounds: int = 3, steps: int = 30) -> np.ndarray:
+    """Multipliers nu (K,) that (approximately) maximise the Lagrangian dual, by coordinate bisection.
+
+    For row k, g is concave piecewise linear in nu[k]; its slope is ``total_k - hi_k`` for nu[k] > 0 and
+    ``total_k - lo_k`` for nu[k] < 0, so bisection on the sign of the slope finds the maximum along k.
+    Coordinate ascent can stall at a kink, so it starts once from each row (K cycles) and keeps the best.
+    """
+    k = a.c.shape[2]
+    if k == 0:
+        return np.zeros(0)
+    best, best_g = np.zeros(k), dual_value(a, np.zeros(k))[0]
+    for first in range(k):
+        nu = np.zeros(k)
+        order = [(first + r) % k for r in range(k)]
+        for _ in range(rounds if k > 1 else 1):
+            for r in order:
+                nu = _line_max(a, nu, r, steps)
+        g = dual_value(a, nu)[0]
+        if g > best_g:
+            best, best_g = nu, g
+    return best
+
+
+def _line_max(a: Arrays, nu: np.ndarray, r: int, steps: int) -> np.ndarray:
+    """nu with coordinate r moved to the maximum of g along it (bisection on the slope's sign)."""
+    has_hi, has_lo = _bounds_used(a)
+    valid_c = a.c[:, :, r][a.valid]
+    w_valid = a.w[a.valid]
+    scale = max((float(w_valid.max() - w_valid.min()) + 1e-12) / (float(np.ptp(valid_c)) or 1.0), 1e-300)
+    current = dual_value(a, nu)[0]
+    best = nu
+    for sign, used, bound in ((1.0, has_hi[r], a.hi[r] + a.tol[r]), (-1.0, has_lo[r], a.lo[r] - a.tol[r])):
+        if not used:
+            continue
+        trial = nu.copy()
+        trial[r] = 0.0
+        _, totals = dual_value(a, trial)
+        if sign * (totals[r] - bound) <= 0:  # the row holds without a penalty in this direction
+            if dual_value(a, trial)[0] > current:
+                best, current = trial, dual_value(a, trial)[0]
+            continue
+        low, high = 0.0, scale
+        for _ in range(60):  # bracket: a penalty large enough to satisfy the row
+            trial[r] = sign * high
+            _, totals = dual_value(a, trial)
+            if sign * (totals[r] - bound) <= 0:
+                break
+            low, high = high, high * 4
+        for _ in range(steps):
+            mid = 0.5 * (low + high)
+            trial[r] = sign * mid
+            _, totals = dual_value(a, trial)
+            if sign * (totals[r] - bound) > 0:
+                low = mid
+            else:
+                high = mid
+        for m in (low, high):
+            cand = _with(nu, r, sign * m)
+            g = dual_value(a, cand)[0]
+            if g > current:
+                best, current = cand, g
+    return best
+
+
+def _with(nu: np.ndarray, r: int, value: float) -> np.ndarray:
+    out = nu.copy()
+    out[r] = value
+    return out
+
+
+def suffix_bounds(a: Arrays, nus: np.ndarray) -> np.ndarray:
+    """``S[i, m] = sum_{l >= i} min_j (w[l,j] + nus[m] . c[:,l,j])`` for i = 0..L (S[L] = 0)."""
+    scores = np.where(a.valid[:, :, None], a.w[:, :, None] + a.c @ nus.T, np.inf)  # (L, J, M)
+    per_layer = scores.min(axis=1)  # (L, M)
+    out = np.zeros((a.w.shape[0] + 1, nus.shape[0]))
+    out[:-1] = np.cumsum(per_layer[::-1], axis=0)[::-1]
+    return out
+
+
+def dominance_dims(lo: np.ndarray, hi: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Matrix T (K, D): transformed costs C @ T are all 'smaller is better' (lower rows negated, both duplicated)."""
+    cols = []
+    k = len(lo)
+    for r in range(k):
+        upper, lower = np.isfinite(hi[r]) or r == axis, np.isfinite(lo[r])
+        if upper:
+            cols.append(np.eye(k)[r])
+        if lower:
+            cols.append(-np.eye(k)[r])
+    return np.array(cols).T if cols else np.zeros((k, 0))
+
+
+def nondominated(w: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Indices of states kept after (partial) dominance filtering, sorted by objective.
+
+    ``w`` (S,), ``d`` (S, D) transformed costs (smaller is better). Exact for D <= 1; for D = 2 a state is
+    removed when an earlier (W-sorted) state is no worse in both dims as found through bucketed prefix minima
+    (both orientations); for D > 2 only exact duplicates are removed. Sets of up to ``_EXACT_LIMIT`` states
+    get the exact pairwise test in any D. Never removes a non-dominated state.
+    """
+    n, dims = d.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = [d[:, r] for r in range(dims - 1, -1, -1)] + [w]
+    order = np.lexsort(keys)  # by w, then d0, d1, ...
+    if dims == 0:
+        return order[:1]
+    ds = d[order]
+    if dims == 1:
+        running = np.minimum.accumulate(ds[:, 0])
+        keep = np.ones(n, dtype=bool)
+        keep[1:] = ds[1:, 0] < running[:-1]
+        return order[keep]
+    keep = np.ones(n, dtype=bool)
+    # Cheap exact pass: states dominated by one of a few early (low-W) anchors.
+    anchors = ds[: min(n, 8)]
+    for r in range(len(anchors)):
+        hit = np.all(anchors[r] <= ds[r + 1 :], axis=1)
+        keep[r + 1 :] &= ~hit
+    idx = np.nonzero(keep)[0]
+    if idx.size <= _EXACT_LIMIT:
+        # Exact: t is dominated by an earlier (W-sorted) state that is no worse in every dim.
+        sub = ds[idx]
+        le = sub[:, None, 0] <= sub[None, :, 0]
+        for r in range(1, dims):
+            le &= sub[:, None, r] <= sub[None, :, r]
+        le &= _upper_mask(idx.size)
+        return order[idx[~le.any(axis=0)]]
+    # Exact duplicates of the preceding state (same costs; W no better) are dominated.
+    keep[1:] &= np.any(ds[1:] != ds[:-1], axis=1)
+    if dims == 2:
+        for a_dim, b_dim in ((0, 1), (1, 0)):
+            keep &= ~_bucket_dominated(ds[:, a_dim], ds[:, b_dim])
+    return order[keep]
+
+
+_MASKS: dict[int, np.ndarray] = {}
+
+
+def _upper_mask(n: int) -> np.ndarray:
+    """Boolean (n, n) with True where row < column (cached)."""
+    mask = _MASKS.get(n)
+    if mask is None:
+        mask = np.triu(np.ones((n, n), dtype=bool), k=1)
+        if len(_MASKS) < 64:
+            _MASKS[n] = mask
+    return mask
+
+
+def _bucket_dominated(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For W-sorted states: True where an earlier state has a <= a_t and b in a strictly lower bucket than b_t."""
+    n = len(a)
+    edges = np.unique(np.sort(b)[np.linspace(0, n - 1, _BUCKETS + 1).astype(np.int64)[1:-1]])
+    if edges.size == 0:
+        return np.zeros(n, dtype=bool)
+    bucket = np.searchsorted(edges, b, side="right")  # states in a lower bucket have strictly smaller b
+    m = np.full((n, edges.size + 1), np.inf)
+    m[np.arange(n), bucket] = a
+    np.minimum.accumulate(m, axis=0, out=m)  # min a over states <= t per bucket
+    np.minimum.accumulate(m, axis=1, out=m)  # ... over buckets <= beta
+    out = np.zeros(n, dtype=bool)
+    t = np.nonzero(bucket[1:] > 0)[0] + 1
+    out[t] = m[t - 1, bucket[t] - 1] <= a[t]
+    return out
+
+
+class StateLimit(RuntimeError):
+    """The state sets grew past ``max_states`` (the caller falls back to a MIP backend)."""
+
+
+@dataclass
+class DPResult:
+    choices: np.ndarray | None  # (L,) variant per layer, or None when infeasible
+    value: float
+    states: int  # largest state set seen
+    final_c: np.ndarray | None = None  # every final state's costs (frontier mode)
+    final_w: np.ndarray | None = None
+    final_choices: np.ndarray | None = None  # (S, L) when requested
+
+
+def run(
+    a: Arrays,
+    *,
+    ub: float = np.inf,
+    beam: int | None = None,
+    nus: np.ndarray | None = None,
+    axis: int | None = None,
+    keep_all: bool = False,
+    max_states: int | None = None,
+) -> DPResult:
+    """The DP described in the module docstring. ``keep_all`` returns every final non-dominated state."""
+    n_layers, _, k = a.c.shape
+    has_hi, has_lo = _bounds_used(a)
+    hi_t = np.where(has_hi, a.hi + a.tol, np.inf)
+    lo_t = np.where(has_lo, a.lo - a.tol, -np.inf)
+    cmin = np.where(a.valid[:, :, None], a.c, np.inf).min(axis=1)  # (L, K)
+    cmax = np.where(a.valid[:, :, None], a.c, -np.inf).max(axis=1)
+    rem_min = np.zeros((n_layers + 1, k))
+    rem_max = np.zeros((n_layers + 1, k))
+    rem_min[:-1] = np.cumsum(cmin[::-1], axis=0)[::-1]
+    rem_max[:-1] = np.cumsum(cmax[::-1], axis=0)[::-1]
+    tmat = dominance_dims(a.lo, a.hi, axis)
+    use_bound = nus is not None and nus.size > 0 and (np.isfinite(ub) or beam is not None)
+    if use_bound:
+        suffix = suffix_bounds(a, nus)  # (L+1, M)
+        lam = np.where(has_hi[None, :], np.maximum(nus, 0), 0.0)  # (M, K)
+        mu = np.where(has_lo[None, :], np.maximum(-nus, 0), 0.0)
+        hi_f = np.where(has_hi, hi_t, 0.0)
+        lo_f = np.where(has_lo, lo_t, 0.0)
+    eps = 1e-9 * max(1.0, float(np.abs(np.where(a.valid, a.w, 0)).max(axis=1).sum()))
+
+    c_states = np.zeros((1, k))
+    w_states = np.zeros(1)
+    parents: list[np.ndarray] = []
+    picks: list[np.ndarray] = []
+    largest = 1
+    for i in range(n_layers):
+        js = np.nonzero(a.valid[i])[0]
+        c_new = (c_states[:, None, :] + a.c[i, js][None, :, :]).reshape(-1, k)
+        w_new = (w_states[:, None] + a.w[i, js][None, :]).reshape(-1)
+        parent = np.repeat(np.arange(len(w_states)), len(js))
+        pick = np.tile(js, len(w_states))
+        # (P1) capacity
+        ok = np.all(c_new + rem_min[i + 1] <= hi_t, axis=1) & np.all(c_new + rem_max[i + 1] >= lo_t, axis=1)
+        score = None
+        if use_bound:
+            # (P3) Lagrangian bound of the layers still to come.
+            lb = suffix[i + 1][None, :] - (hi_f[None, :] - c_new) @ lam.T + (lo_f[None, :] - c_new) @ mu.T  # (S, M)
+            score = w_new + lb.max(axis=1)
+            ok &= score <= ub + eps
+        idx = np.nonzero(ok)[0]
+        if idx.size == 0:
+            return DPResult(None, np.inf, largest)
+        c_new, w_new, parent, pick = c_new[idx], w_new[idx], parent[idx], pick[idx]
+        # (P2) dominance
+        keep = nondominated(w_new, c_new @ tmat)
+        if beam is not None and keep.size > beam and score is not None:
+            s = score[idx][keep]
+            keep = keep[np.argsort(s, kind="stable")[:beam]]
+        c_states, w_states = c_new[keep], w_new[keep]
+        parents.append(parent[keep])
+        picks.append(pick[keep])
+        largest = max(largest, len(w_states))
+        if max_states is not None and largest > max_states:
+            raise StateLimit(f"more than {max_states} states at layer {i}")
+
+    feasible = np.all(c_states <= hi_t, axis=1) & np.all(c_states >= lo_t, axis=1)
+    if not feasible.any():
+        return DPResult(None, np.inf, largest)
+    if keep_all:
+        final = np.nonzero(feasible)[0]
+        return DPResult(
+            None,
+            float(w_states[final].min()),
+            largest,
+            final_c=c_states[final],
+            final_w=w_states[final],
+            final_choices=_backtrack_many(parents, picks, final),
+        )
+    best = int(np.nonzero(feasible)[0][np.argmin(w_states[feasible])])
+    return DPResult(_backtrack_many(parents, picks, np.array([best]))[0], float(w_states[best]), largest)
+
+
+def _backtrack_many(parents: list[np.ndarray], picks: list[np.ndarray], final: np.ndarray) -> np.ndarray:
+    n_layers = len(parents)
+    out = np.zeros((len(final), n_layers), dtype=np.int64)
+    state = final
+    for i in range(n_layers - 1, -1, -1):
+        out[:, i] = picks[i][state]
+        state = parents[i][state]
+    return out

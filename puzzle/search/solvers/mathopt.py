@@ -1,0 +1,81 @@
+"""SCIP and HiGHS through OR-Tools MathOpt (OR-Tools' own HiGHS build: never import ``highspy`` beside it).
+
+The model is the one in ``problem.py`` with float coefficients, each cost row scaled so that its span is
+~1 and the solvers' feasibility tolerance (set to 1e-9) matches the problem's; zero gap is requested, and
+the answer is verified against the problem's tolerance like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import timedelta
+
+from puzzle.errors import InfeasibleError
+from puzzle.search.problem import Problem
+from puzzle.search.solution import Solution, make_solution
+from puzzle.search.solvers import Solver
+
+FEASIBILITY_TOL = 1e-9
+
+
+class _MathOptSolver(Solver):
+    solver_type: str
+
+    def solve(self, problem: Problem) -> Solution:
+        from ortools.math_opt.python import mathopt
+
+        start = time.perf_counter()
+        model = mathopt.Model(name="puzzle")
+        x = [[model.add_binary_variable() for _ in w] for w in problem.weights]
+        for row in x:
+            model.add_linear_constraint(mathopt.fast_sum(row) == 1)  # (1)
+        tol = problem.tolerance
+        for k, r in enumerate(problem.rows):
+            expr = mathopt.fast_sum(
+                float(c[j, k]) * x[i][j] for i, c in enumerate(problem.costs) for j in range(len(c))
+            )
+            if math.isfinite(r.upper):
+                model.add_linear_constraint(expr <= r.upper + tol[k] / 2)  # (2)
+            if math.isfinite(r.lower):
+                model.add_linear_constraint(expr >= r.lower - tol[k] / 2)  # (3)
+        for y in problem.exclusions:  # (4)
+            model.add_linear_constraint(
+                mathopt.fast_sum(x[i][j] for i, j in enumerate(y)) <= problem.n_layers - problem.min_distance
+            )
+        model.minimize(
+            mathopt.fast_sum(float(v) * x[i][j] for i, w in enumerate(problem.weights) for j, v in enumerate(w))
+        )
+        params = mathopt.SolveParameters(
+            relative_gap_tolerance=0.0, absolute_gap_tolerance=0.0, threads=1 if self.solver_type == "GSCIP" else None
+        )
+        params.gscip.real_params["numerics/feastol"] = FEASIBILITY_TOL
+        params.highs.double_options["primal_feasibility_tolerance"] = FEASIBILITY_TOL
+        params.highs.double_options["mip_feasibility_tolerance"] = FEASIBILITY_TOL
+        if self.time_limit:
+            params.time_limit = timedelta(seconds=float(self.time_limit))
+        result = mathopt.solve(model, getattr(mathopt.SolverType, self.solver_type), params=params)
+        reason = result.termination.reason
+        if reason in (mathopt.TerminationReason.INFEASIBLE, mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED):
+            raise InfeasibleError("no architecture satisfies the constraints")
+        if not result.has_primal_feasible_solution():
+            raise InfeasibleError(f"{self.name}: no architecture found ({reason.name.lower()})")
+        values = result.variable_values()
+        choices = [max(range(len(row)), key=lambda j, row=row: values[row[j]]) for row in x]
+        return make_solution(
+            problem,
+            choices,
+            status="optimal" if reason == mathopt.TerminationReason.OPTIMAL else "feasible",
+            solver=self.name,
+            seconds=time.perf_counter() - start,
+        )
+
+
+class SCIPSolver(_MathOptSolver):
+    name = "scip"
+    solver_type = "GSCIP"
+
+
+class HighsSolver(_MathOptSolver):
+    name = "highs"
+    solver_type = "HIGHS"
