@@ -77,3 +77,21 @@ def test_bad_arguments_are_one_line_errors(lib_dir, tmp_path) -> None:
     )
     assert bad.returncode == 2 and "no variant named 'bogus'" in bad.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_export_solves_under_max_bounds(lib_dir, tmp_path) -> None:
+    from puzzle.assess import predicted_cost
+    from puzzle.search import solve
+
+    out = tmp_path / "child"
+    result = run_cli("export", "--library", str(lib_dir), "--max", "runtime_ms=70%", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    library = BlockLibrary.load(lib_dir)
+    expected = solve(library, "kl_div", ["runtime_ms<=70%"])
+    manifest = read_manifest(out)
+    assert manifest["layers"] == list(expected.layers)
+    assert manifest["constraints"] == ["runtime_ms<=70%"] and manifest["solver"] == expected.solver
+    parent = predicted_cost(library, ["parent"] * 3, "runtime_ms", "cpu")
+    assert manifest["predicted_costs"]["runtime_ms@cpu"] <= 0.7 * parent + 1e-9
+    infeasible = run_cli("export", "--library", str(lib_dir), "--max", "runtime_ms=0.1%", "--out", str(tmp_path / "z"))
+    assert infeasible.returncode == 2 and "runtime_ms" in infeasible.stderr and not (tmp_path / "z").exists()
