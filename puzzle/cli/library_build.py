@@ -30,7 +30,7 @@ def register(library_subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, help="BLD learning rate (default 5e-4)")
     g.add_argument("--batch", type=int, help="BLD sequences per step (default 8)")
     g.add_argument("--seed", type=int, help="BLD seed (default 0)")
-    g.add_argument("--kv-method", choices=["mean", "importance"], help="KV-head reduction init (default mean)")
+    g.add_argument("--kv-method", choices=["mean", "importance"], help="KV-head reduction init (default importance)")
     g.add_argument("--linear-method", choices=["lstsq", "product"], help="linear replacement init (default lstsq)")
     d = p.add_argument_group("data and profiling")
     d.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")

@@ -1,7 +1,16 @@
 """The heterogeneous hybrid causal LM and its Hugging Face interop.
 
-``CausalLM(arch)`` builds a model from an ``ArchSpec``; ``load_pretrained`` / ``save_pretrained`` read and
-write Hugging Face directories (llama, mistral, qwen2, nemotron_h, and the heterogeneous nemotron-nas shape).
+    model = load_pretrained("parent/")            # or CausalLM(arch) for fresh weights
+    logits = model(ids)                           # (B, T) -> (B, T, V)
+    cache = model.new_cache()                     # incremental decoding: feed new tokens only
+    logits = model(ids[:, :8], cache=cache); logits = model(ids[:, 8:9], cache=cache)
+    logits, hidden = model(ids, return_hidden=True)   # hidden[i] / hidden[i+1]: block i's input / output
+    h = model.embed(ids); h = model.blocks[3](h); logits = model.head(h)
+    save_pretrained(model, "child/")              # Llama / Qwen2 / Nemotron-H config, else nemotron-nas
+
+Modules: ``norm`` (RMSNorm, gated group norm), ``rope``, ``attention`` (GQA via SDPA, linear), ``ffn`` (SwiGLU,
+relu2, linear), ``ssd`` (chunked Mamba-2 scan + sequential reference + optional mamba-ssm kernel),
+``mamba2`` (the mixer), ``block`` (``Block`` and the ``build_subblock`` registry), ``cache``, ``lm``, ``hf``.
 """
 
 from __future__ import annotations

@@ -46,15 +46,18 @@ def make_corpus(directory, n_files: int = 24):  # type: ignore[no-untyped-def]
 def make_parent(directory, corpus, arch_fn=small_llama, seed: int = 0):  # type: ignore[no-untyped-def]
     """A random-init tiny parent (HF directory with tokenizer) whose vocabulary is a BPE trained on ``corpus``."""
     import dataclasses
+    from pathlib import Path
 
     import torch
 
-    from puzzle.data import read_corpus, train_bpe
+    from puzzle.data import read_corpus, save_tokenizer, train_bpe
     from puzzle.model import CausalLM
     from puzzle.train import export_parent
 
     tokenizer = train_bpe(read_corpus(corpus), vocab_size=320)
     arch = dataclasses.replace(arch_fn(), vocab_size=tokenizer.get_vocab_size())
     torch.manual_seed(seed)
-    export_parent(CausalLM(arch), tokenizer, directory, model_max_length=512)
+    tokenizer_dir = Path(directory).parent / f"{Path(directory).name}-tokenizer"
+    save_tokenizer(tokenizer, tokenizer_dir, model_max_length=512)
+    export_parent(CausalLM(arch), tokenizer_dir, Path(directory))
     return directory
