@@ -179,6 +179,14 @@ def nondominated(w: np.ndarray, d: np.ndarray) -> np.ndarray:
     n, dims = d.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if dims == 1:
+        # Sort by the cost (stable: runs from the expansion are already sorted), then keep strict W improvements.
+        order = np.argsort(d[:, 0], kind="stable")
+        ws = w[order]
+        running = np.minimum.accumulate(ws)
+        keep = np.ones(n, dtype=bool)
+        keep[1:] = ws[1:] < running[:-1]
+        return order[keep]
     keys = [d[:, r] for r in range(dims - 1, -1, -1)] + [w]
     order = np.lexsort(keys)  # by w, then d0, d1, ...
     if dims == 0:
@@ -294,10 +302,11 @@ def run(
     largest = 1
     for i in range(n_layers):
         js = np.nonzero(a.valid[i])[0]
-        c_new = (c_states[:, None, :] + a.c[i, js][None, :, :]).reshape(-1, k)
-        w_new = (w_states[:, None] + a.w[i, js][None, :]).reshape(-1)
-        parent = np.repeat(np.arange(len(w_states)), len(js))
-        pick = np.tile(js, len(w_states))
+        # Variant-major: each variant's block is a shifted copy of the (sorted) states, i.e. a sorted run.
+        c_new = (a.c[i, js][:, None, :] + c_states[None, :, :]).reshape(-1, k)
+        w_new = (a.w[i, js][:, None] + w_states[None, :]).reshape(-1)
+        parent = np.tile(np.arange(len(w_states)), len(js))
+        pick = np.repeat(js, len(w_states))
         # (P1) capacity
         ok = np.all(c_new + rem_min[i + 1] <= hi_t, axis=1) & np.all(c_new + rem_max[i + 1] >= lo_t, axis=1)
         score = None
@@ -337,6 +346,16 @@ def run(
         )
     best = int(np.nonzero(feasible)[0][np.argmin(w_states[feasible])])
     return DPResult(_backtrack_many(parents, picks, np.array([best]))[0], float(w_states[best]), largest)
+
+
+def prune_variants(a: Arrays, axis: int | None = None) -> Arrays:
+    """Drop variants dominated within their own layer (same test as (P2)); exactness is unaffected."""
+    tmat = dominance_dims(a.lo, a.hi, axis)
+    valid = np.zeros_like(a.valid)
+    for i in range(a.w.shape[0]):
+        js = np.nonzero(a.valid[i])[0]
+        valid[i, js[nondominated(a.w[i, js], a.c[i, js] @ tmat)]] = True
+    return Arrays(np.where(valid, a.w, np.inf), a.c, valid, a.lo, a.hi, a.tol)
 
 
 def _backtrack_many(parents: list[np.ndarray], picks: list[np.ndarray], final: np.ndarray) -> np.ndarray:

@@ -1,0 +1,50 @@
+"""Diverse pools: n architectures, each differing from every earlier one in at least d layers.
+
+After solutions y_1..y_m the next one solves the model of ``problem.py`` plus the no-good cuts
+    (4)  sum_ij y_m[i,j] x[i,j] <= L - d        for every earlier y_m
+i.e. at most L - d layers may repeat y_m's choice. Solved by a MIP backend (the DP cannot take the cuts);
+the pool stops early when no further architecture exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from puzzle.errors import ConfigError, InfeasibleError
+from puzzle.library import BlockLibrary
+from puzzle.search.problem import Constraint, Objective, build_problem
+from puzzle.search.solution import Solution
+from puzzle.search.solvers import Solver, get_solver
+
+DEFAULT_DIVERSE_SOLVER = "highs"
+
+
+def diverse_solutions(
+    library: BlockLibrary,
+    objective: str | Objective,
+    constraints: Sequence[str | Constraint],
+    n: int,
+    d: int,
+    *,
+    scenario: str | None = None,
+    solver: str | Solver | None = None,
+) -> list[Solution]:
+    if n < 1:
+        raise ConfigError(f"--solutions must be at least 1, got {n}")
+    if not 1 <= d <= library.n_layers:
+        raise ConfigError(f"--diversity must be between 1 and the number of layers ({library.n_layers}), got {d}")
+    from puzzle.search import solve_problem
+
+    problem = build_problem(library, objective, constraints, scenario=scenario)
+    first = solve_problem(problem, solver)  # the optimum (default: the exact dp)
+    pool = [first]
+    backend = get_solver(solver if solver not in (None, "dp") else DEFAULT_DIVERSE_SOLVER)
+    if not backend.supports_exclusions:
+        raise ConfigError(f"solver {backend.name} cannot produce diverse pools; use cpsat, scip, highs or cbc")
+    while len(pool) < n:
+        cut = problem.with_exclusions(tuple(s.choices for s in pool), d)
+        try:
+            pool.append(backend.solve(cut))
+        except InfeasibleError:
+            break
+    return pool
