@@ -21,8 +21,61 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from puzzle.pipeline import DemoConfig, DemoResult, run_demo
+from puzzle.presets import Preset
 
 PRESETS = ("tiny-llama", "tiny-hybrid")
+SMALL_PACKAGES = ("json", "email", "logging", "urllib", "http", "importlib", "asyncio", "concurrent", "xml", "unittest")
+
+
+def small_presets() -> dict[str, Preset]:
+    """Scaled-down versions of both parents (same factory, same layer patterns) for a run that fits a busy
+    2-core machine: hidden 128, vocab 2048, 150 steps of 8 x 128 tokens."""
+    from puzzle.presets import TrainConfig, tiny_hybrid, tiny_llama
+
+    train = TrainConfig(steps=150, batch_size=8, seq_len=128, lr=3e-3, warmup_steps=15, held_out_fraction=0.1)
+    return {
+        "tiny-llama": Preset(
+            "tiny-llama-small",
+            "4-layer Llama, hidden 128",
+            lambda v: tiny_llama(v, hidden=128, n_layers=4, n_heads=4, n_kv_heads=2, intermediate=384),
+            vocab_size=2048,
+            train=train,
+        ),
+        "tiny-hybrid": Preset(
+            "tiny-hybrid-small",
+            "6-layer hybrid M-M*-, hidden 128",
+            lambda v: tiny_hybrid(
+                v,
+                hidden=128,
+                pattern="M-M*-",
+                n_heads=4,
+                n_kv_heads=2,
+                intermediate=512,
+                mamba_heads=4,
+                mamba_head_dim=64,
+                mamba_groups=2,
+                d_state=32,
+                chunk_size=32,
+            ),
+            vocab_size=2048,
+            train=train,
+        ),
+    }
+
+
+def small_corpus(root: Path) -> Path:
+    """A few packages of the Python standard library, copied once."""
+    import shutil
+    import sysconfig
+
+    if not root.is_dir():
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        tmp = root.with_name(root.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for package in SMALL_PACKAGES:
+            shutil.copytree(stdlib / package, tmp / package, ignore=shutil.ignore_patterns("__pycache__", "test*"))
+        tmp.rename(root)
+    return root
 
 
 def goal_check(result: DemoResult) -> list[str]:
@@ -70,11 +123,19 @@ def main() -> int:
     parser.add_argument("--latency-repeats", type=int, default=None, help="timed runs per latency (default 10)")
     parser.add_argument("--executor", choices=["ray", "local"], default="ray")
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="scaled-down parents (hidden 128) on a few standard-library packages: minutes instead of an hour",
+    )
     args = parser.parse_args()
 
     results = {}
     for preset in args.presets.split(","):
         cfg = DemoConfig(preset=preset, train_steps=args.steps, executor=args.executor)
+        if args.small:
+            corpus = small_corpus(Path(args.out) / "corpus")
+            cfg = replace(cfg, preset=small_presets()[preset], corpus=str(corpus), eval_seq_len=128, eval_sequences=64)
         if args.bld_tokens:
             cfg = replace(cfg, build=replace(cfg.build, bld=replace(cfg.build.bld, tokens=args.bld_tokens)))
         if args.gkd_tokens:
