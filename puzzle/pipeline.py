@@ -191,32 +191,17 @@ def _build_library(
 
 
 def _frontier(library: BlockLibrary, scenario: str, out: Path) -> list[dict[str, Any]]:
+    """Every optimal (predicted latency, summed KL) trade-off of the library (the search's exact frontier)."""
     from puzzle.search import frontier
 
     file = out / "frontier.json"
     key = [library.digest(), scenario]
     if file.is_file() and (data := json.loads(file.read_text())).get("key") == key:
         return data["points"]
-    result = frontier(library, OBJECTIVE, "runtime_ms", scenario=scenario)
-    points = [_point(p) for p in _frontier_points(result)]
-    atomic_write_text(file, json.dumps({"key": key, "points": points, "frontier": result.to_dict()}, indent=1) + "\n")
+    result = frontier(library, OBJECTIVE, "runtime_ms", scenario=scenario).to_dict(with_layers=True)
+    points = [{"runtime_ms": p["axis"], "objective": p["objective"], "layers": p["layers"]} for p in result["points"]]
+    atomic_write_text(file, json.dumps({"key": key, "points": points, "frontier": result}, indent=1) + "\n")
     return points
-
-
-def _frontier_points(result: Any) -> list[dict[str, Any]]:
-    """The frontier's solutions as dicts, whatever container the search returns."""
-    for attr in ("solutions", "points"):
-        items = getattr(result, attr, None)
-        if items is not None:
-            return [p.to_dict() if hasattr(p, "to_dict") else dict(p) for p in items]
-    data = result.to_dict()
-    return list(data.get("solutions") or data.get("points") or [])
-
-
-def _point(solution: dict[str, Any]) -> dict[str, Any]:
-    totals = solution.get("totals", {})
-    runtime = next((v for k, v in totals.items() if k.split("@")[0] == "runtime_ms"), None)
-    return {"runtime_ms": runtime, "objective": solution.get("objective"), "layers": solution.get("layers")}
 
 
 def choose(library: BlockLibrary, method: str, budget: float, scenario: str) -> tuple[list[str], dict[str, Any]]:
