@@ -192,13 +192,13 @@ def _build_library(
 
 def _frontier(library: BlockLibrary, scenario: str, out: Path) -> list[dict[str, Any]]:
     """Every optimal (predicted latency, summed KL) trade-off of the library (the search's exact frontier)."""
-    from puzzle.search import frontier
+    from puzzle.search.frontier import compute_frontier
 
     file = out / "frontier.json"
     key = [library.digest(), scenario]
     if file.is_file() and (data := json.loads(file.read_text())).get("key") == key:
         return data["points"]
-    result = frontier(library, OBJECTIVE, "runtime_ms", scenario=scenario).to_dict(with_layers=True)
+    result = compute_frontier(library, OBJECTIVE, "runtime_ms", scenario=scenario).to_dict(with_layers=True)
     points = [{"runtime_ms": p["axis"], "objective": p["objective"], "layers": p["layers"]} for p in result["points"]]
     atomic_write_text(file, json.dumps({"key": key, "points": points, "frontier": result}, indent=1) + "\n")
     return points
@@ -211,10 +211,16 @@ def choose(library: BlockLibrary, method: str, budget: float, scenario: str) -> 
 
     constraint = f"runtime_ms<={budget * 100:g}%"
     if method in ("puzzle", "greedy"):
-        from puzzle import search
+        # the submodules puzzle.search.greedy / .frontier shadow the package's functions of the same name once
+        # imported, so the implementations are called by their own names
+        from puzzle.search import build_problem, solve
+        from puzzle.search.greedy import greedy_search
 
-        fn = search.solve if method == "puzzle" else search.greedy
-        solution = fn(library, OBJECTIVE, [search.parse_constraint(constraint)], scenario=scenario).to_dict()
+        if method == "puzzle":
+            result = solve(library, OBJECTIVE, [constraint], scenario=scenario)
+        else:
+            result = greedy_search(build_problem(library, OBJECTIVE, [constraint], scenario=scenario))
+        solution = result.to_dict()
         return list(solution["layers"]), solution
     limit = budget * predicted_cost(library, [layer.parent.name for layer in library.layers], "runtime_ms", scenario)
     fn = uniform_width if method == "uniform" else depth_pruning
