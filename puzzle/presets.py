@@ -137,7 +137,7 @@ PRESETS: dict[str, Preset] = {
         name="tiny-llama",
         description="8-layer Llama, hidden 256, GQA 8/4 heads, SwiGLU 768, BPE 8k",
         make_arch=tiny_llama,
-        train=TrainConfig(steps=300, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30, checkpoint_every=50),
+        train=TrainConfig(steps=240, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30, checkpoint_every=50),
     ),
     "tiny-hybrid": Preset(
         name="tiny-hybrid",
