@@ -1,4 +1,4 @@
-"""``puzzle demo``: the main job on the embedded default (a small parent trained on a real corpus)."""
+"""``puzzle demo``: the whole pipeline on the embedded default (tiny parent -> library -> search -> GKD -> export)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,47 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="train (or reuse) the tiny-llama parent on the Python standard library and evaluate it",
-        description="Train the tiny-llama parent on the Python standard library sources of this interpreter "
-        "(or reuse it when --out already holds it), then report held-out perplexity next to a unigram baseline.",
+        help="run the whole pipeline on the embedded tiny-llama parent and print Puzzle vs baselines",
+        description="Train (or reuse) the tiny-llama parent on the Python standard library, build its block library "
+        "on local Ray, compute the Pareto frontier, pick children at 90/70/50%% of the parent's latency with the MIP "
+        "and three baselines (uniform width, depth pruning, greedy), heal each by GKD with the same tokens, evaluate "
+        "them (held-out perplexity, KL to the parent, measured vs predicted latency), export the Puzzle children and "
+        "write report.json + frontier.html. Re-running with the same --out reuses every finished stage.",
     )
     parser.add_argument("--out", default="runs/demo", help="working directory (default: runs/demo)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=None, help="parent training steps (default: the preset's)")
+    parser.add_argument("--bld-tokens", type=int, default=None, help="BLD tokens per unit (default 65536)")
+    parser.add_argument("--gkd-tokens", type=int, default=None, help="GKD tokens per child (default 131072)")
+    parser.add_argument("--workers", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    parser.add_argument(
+        "--executor", choices=["ray", "local"], default="ray", help="where library tasks run (default: local Ray)"
+    )
     parser.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from puzzle.cli.progress import batch_bar, training_bar
-    from puzzle.errors import ConfigError
-    from puzzle.pipeline import run_demo
+    from dataclasses import replace
 
-    if args.steps is not None and args.steps <= 0:
-        raise ConfigError(f"--steps must be a positive integer, got {args.steps}")
-    with training_bar("training tiny-llama") as (on_step, on_status), batch_bar("evaluating") as on_eval_batch:
-        result = run_demo(args.out, steps=args.steps, on_step=on_step, on_status=on_status, on_eval_batch=on_eval_batch)
-    t, h, u = result.train, result.held_out, result.unigram
-    print(f"parent      {result.parent_dir}  ({t.n_params / 1e6:.1f} M parameters, {t.steps} steps, {t.wall_s:.0f} s)")
-    print(f"held-out    {h.tokens} tokens of unseen standard-library files, context {result.seq_len}")
-    print(f"  parent    loss {h.loss:.3f}  perplexity {h.perplexity:8.2f}")
-    print(f"  unigram   loss {u.loss:.3f}  perplexity {u.perplexity:8.2f}")
+    from puzzle.cli.progress import console
+    from puzzle.errors import ConfigError
+    from puzzle.pipeline import DemoConfig, format_table, run_demo
+    from puzzle.progress import RichProgress
+
+    for flag in ("steps", "bld_tokens", "gkd_tokens", "workers"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    cfg = DemoConfig(train_steps=args.steps, executor=args.executor, workers=args.workers)
+    if args.bld_tokens is not None:
+        cfg = replace(cfg, build=replace(cfg.build, bld=replace(cfg.build.bld, tokens=args.bld_tokens)))
+    if args.gkd_tokens is not None:
+        cfg = replace(cfg, gkd=replace(cfg.gkd, tokens=args.gkd_tokens))
+    out = console()
+    with RichProgress(console=out) as progress:
+        result = run_demo(args.out, cfg, progress=progress, on_status=lambda m: out.print(f"[dim]{m}[/dim]"))
+    print(format_table(result.rows))
+    print(f"report   {result.out_dir}/report.json")
+    print(f"frontier {result.out_dir}/frontier.html")
+    for budget, path in result.exports.items():
+        print(f"export   {path}  (Puzzle+GKD at {float(budget):.0%} of the parent's latency)")
     return 0

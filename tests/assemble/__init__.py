@@ -1,0 +1,1 @@
+"""Tests of assembling a child from a library solution."""

@@ -1,0 +1,1 @@
+"""Tests of the baselines (uniform width, depth pruning)."""
