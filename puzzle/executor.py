@@ -180,16 +180,19 @@ class RayExecutor(Executor):
             ).remote(store_root, task.key, task.fn, task.args, task.kwargs, int(task.num_cpus))
             refs[ref] = task.key
         waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            key = refs[ready[0]]
-            try:
-                result = ray.get(ready[0])
-            except Exception as exc:
-                for ref in waiting:
-                    ray.cancel(ref)
-                raise TaskFailed(key, exc) from exc
-            done(key, result)
+        try:
+            while waiting:
+                ready, waiting = ray.wait(waiting, num_returns=1)
+                key = refs[ready[0]]
+                try:
+                    result = ray.get(ready[0])
+                except Exception as exc:
+                    raise TaskFailed(key, exc) from exc
+                done(key, result)  # may raise too: a progress sink stopping a cancelled job
+        except BaseException:
+            for ref in waiting:
+                ray.cancel(ref)
+            raise
 
     def close(self) -> None:
         if self._owns_cluster and self._ray.is_initialized():

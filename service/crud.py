@@ -305,6 +305,14 @@ def set_progress(session: Session, *, job_id: int, worker_id: str, stage: str, d
     return eta
 
 
+def attach_library(session: Session, *, job_id: int, worker_id: str, library_id: int) -> None:
+    """Record the library an owned running job built (a pipeline job's ``library_id``)."""
+    done = _updated(session, update(Job).where(_owned(job_id, worker_id)).values(library_id=library_id))
+    if not done:
+        raise LostJobError(f"job {job_id} is no longer owned by {worker_id}")
+    add_event(session, job_id=job_id, type="log", data={"message": "library stored", "library_id": library_id})
+
+
 def log(session: Session, *, job_id: int, message: str, data: dict[str, Any] | None = None) -> None:
     add_event(session, job_id=job_id, type="log", data={"message": message, **(data or {})})
 

@@ -107,14 +107,70 @@ class SearchJobCreate(SearchParams):
     max_attempts: int | None = Field(default=None, ge=1, le=100)
 
 
+PARENT_PRESETS = ("tiny-llama", "tiny-hybrid")  # puzzle.presets.PRESETS
+SpacePreset = Literal["tiny", "demo", "default"]
+
+
+class PipelineBuild(_Strict):
+    """How the block library is built (``puzzle.build``). The defaults are small: minutes on a CPU."""
+
+    space: SpacePreset = Field(
+        default="demo",
+        description="search space: tiny (KV heads halved, FFN 50 %, Mamba heads 50 %, no-ops; for smoke tests), "
+        "demo (KV heads 2/1, FFN 75/50/25 %, no-ops: what `puzzle demo` builds) or default (the full Puzzle "
+        "space of the parent's family)",
+    )
+    bld_tokens: int = Field(default=65_536, ge=64, le=10**10, description="BLD training tokens per unit")
+    seq_len: int = Field(default=128, ge=8, le=8192, description="sequence length of BLD and scoring text")
+    distill_sequences: int = Field(default=128, ge=2, le=1_000_000, description="BLD text: sequences cached")
+    holdout_sequences: int = Field(default=32, ge=1, le=1_000_000, description="scoring text: held-out sequences")
+    held_out_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="share of corpus files held out for scoring (default: the preset's, 0.05 for a directory)",
+    )
+    latency_repeats: int = Field(default=10, ge=1, le=1000, description="timed runs per latency measurement")
+
+
 class PipelineJobCreate(_Strict):
-    """Parent -> library -> search -> export. Refused with 422 until the builder and the exporter exist."""
+    """Parent -> library -> search -> export, in a work folder of the job under ``PUZZLE_ARTIFACTS`` (a re-queued
+    job resumes there: training from its checkpoint, the library build skipping finished units)."""
 
     kind: Literal["pipeline"]
-    parent: Key = Field(description="the parent checkpoint (a Hugging Face directory known to the workers)")
-    search: SearchParams = Field(default_factory=SearchParams)
-    export: bool = True
+    parent: Name = Field(
+        description="a preset trained by the job (tiny-llama or tiny-hybrid), or the name of a Hugging Face "
+        "directory under PUZZLE_ARTIFACTS/parents/ (a name, never a path)",
+        examples=["tiny-llama"],
+    )
+    train_steps: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="preset parents: optimizer steps (default: the preset's)"
+    )
+    corpus: Name | None = Field(
+        default=None,
+        description="text to train / distill / score on: the name of a file or folder under "
+        "PUZZLE_ARTIFACTS/corpora/ (default: the Python standard library of the worker)",
+    )
+    build: PipelineBuild = Field(default_factory=PipelineBuild)
+    search: SearchParams = Field(
+        default_factory=SearchParams, description="the same search a 'search' job runs, over the built library"
+    )
+    export: bool = Field(default=True, description="write each of export_points as a Hugging Face directory")
+    export_points: list[Annotated[int, Field(ge=0, le=10_000_000)]] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        max_length=16,
+        description="indices into the search result's points to export (solve: 0; diverse: 0..n-1; frontier: "
+        "points sorted by the axis, cheapest first); GET /jobs/{id}/export?point=k serves each as a tar.gz",
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_points(self) -> PipelineJobCreate:
+        n = 1 if self.search.mode == "solve" else self.search.n if self.search.mode == "diverse" else None
+        if self.export and n is not None and max(self.export_points) >= n:
+            raise ValueError(f"export_points must be below {n}: a {self.search.mode} search gives {n} point(s)")
+        return self
 
 
 JobCreate = Annotated[SearchJobCreate | PipelineJobCreate, Field(discriminator="kind")]

@@ -320,9 +320,9 @@ def export_archive(arch: ArchitecturePublic, result: dict[str, Any], *, point: i
         "architecture.json": arch.model_dump(mode="json"),
         "block_configs.json": arch.block_configs,
         "solution.json": {**search_info, "point": point, **(result.get("points") or [{}])[point]},
-        "README.txt": "Architecture chosen by a Puzzle search. Weights are not included: the Hugging Face export "
-        "(config.json with block_configs, safetensors, tokenizer, puzzle_manifest.json) comes with the export "
-        "stage of the pipeline.\n",
+        "README.txt": "Architecture chosen by a Puzzle search. Weights are not included: a pipeline job exports its "
+        "points as Hugging Face directories (config.json with block_configs, safetensors, tokenizer, "
+        "puzzle_manifest.json), served by the same endpoint.\n",
     }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -388,8 +388,10 @@ def run_search(
             int(params.get("d", 1)),
             scenario=scenario,
             solver=params.get("solver"),
+            on_solution=lambda found, total: progress("diverse", found, total),
         )
-        progress("diverse", n, n)
+        if len(solutions) < n:  # the pool ran out of architectures d layers apart: the stage is done
+            progress("diverse", n, n)
         points = [point_from_solution(library, s.to_dict()) for s in solutions]
         return {**base, "points": points, "search": {"seconds": time.perf_counter() - started}}
     points = frontier_points(
@@ -427,8 +429,10 @@ def frontier_points(
 ) -> list[dict[str, Any]]:
     from puzzle import search
 
-    progress("frontier", 0, 1)
+    # the frontier engine reports nothing while it runs: progress in steps of this call (engine, totals, points)
+    progress("frontier", 0, 3)
     front = search.frontier(library, objective, axis, constraints, scenario=scenario)
+    progress("frontier", 1, 3)
     check_stop()
     choices = np.asarray(front.choices, dtype=np.int64).reshape(-1, library.n_layers)
     axis_values = np.asarray(front.axis_values, dtype=float)
@@ -443,6 +447,7 @@ def frontier_points(
     totals = report_totals(library, choices, scen)
     totals[_axis_key(library, axis, scen)] = axis_values  # the engine's own sums for the axis
     texts = summaries(library, choices)
+    progress("frontier", 2, 3)
     check_stop()
     points = [
         {
@@ -453,7 +458,7 @@ def frontier_points(
         }
         for p in range(len(choices))
     ]
-    progress("frontier", 1, 1)
+    progress("frontier", 3, 3)
     return points
 
 

@@ -16,7 +16,7 @@ Entry points here take a library, an objective (metric name) and constraint stri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from puzzle.errors import InfeasibleError
 from puzzle.library import BlockLibrary
@@ -76,10 +76,13 @@ def diverse(
     *,
     scenario: str | None = None,
     solver: str | Solver | None = None,
+    on_solution: Callable[[int, int], None] | None = None,
 ) -> list[Solution]:
     from puzzle.search.pool import diverse_solutions
 
-    return diverse_solutions(library, objective, constraints, n, d, scenario=scenario, solver=solver)
+    return diverse_solutions(
+        library, objective, constraints, n, d, scenario=scenario, solver=solver, on_solution=on_solution
+    )
 
 
 def greedy(

@@ -8,7 +8,7 @@ the pool stops early when no further architecture exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from puzzle.errors import ConfigError, InfeasibleError
 from puzzle.library import BlockLibrary
@@ -28,7 +28,10 @@ def diverse_solutions(
     *,
     scenario: str | None = None,
     solver: str | Solver | None = None,
+    on_solution: Callable[[int, int], None] | None = None,
 ) -> list[Solution]:
+    """Up to ``n`` solutions, pairwise at least ``d`` layers apart; ``on_solution(found, n)`` after each one
+    (it may raise to stop the search, e.g. on a cancelled job)."""
     if n < 1:
         raise ConfigError(f"--solutions must be at least 1, got {n}")
     if not 1 <= d <= library.n_layers:
@@ -38,6 +41,8 @@ def diverse_solutions(
     problem = build_problem(library, objective, constraints, scenario=scenario)
     first = solve_problem(problem, solver)  # the optimum (default: the exact dp)
     pool = [first]
+    if on_solution is not None:
+        on_solution(1, n)
     backend = get_solver(solver if solver not in (None, "dp") else DEFAULT_DIVERSE_SOLVER)
     if not backend.supports_exclusions:
         raise ConfigError(f"solver {backend.name} cannot produce diverse pools; use cpsat, scip, highs or cbc")
@@ -47,4 +52,6 @@ def diverse_solutions(
             pool.append(backend.solve(cut))
         except InfeasibleError:
             break
+        if on_solution is not None:
+            on_solution(len(pool), n)
     return pool

@@ -139,13 +139,45 @@ def test_422_lists_every_problem(client: TestClient, small_library: dict) -> Non
     assert r.status_code == 422
 
 
-def test_pipeline_jobs_are_refused_until_the_builder_exists(client: TestClient) -> None:
-    r = _submit(client, {"kind": "pipeline", "parent": "meta-llama/Llama-3.2-1B"})
-    assert r.status_code == 422
-    problem = r.json()["detail"][0]
-    assert problem["loc"] == ["body", "kind"] and "not available yet" in problem["msg"]
-    assert "kind 'search'" in problem["msg"]
+def test_pipeline_submission_lists_every_problem(client: TestClient, settings: Settings) -> None:
+    (settings.artifacts / "parents").mkdir(parents=True, exist_ok=True)
+    body = {
+        "kind": "pipeline",
+        "parent": "no-such-parent",
+        "train_steps": 3,
+        "corpus": "no-such-corpus",
+        "search": {"objective": "accuracy", "constraints": ["runtime_ms<=50%", "speed=fast"]},
+    }
+    r = _submit(client, body)
+    assert r.status_code == 422, r.text
+    problems = {tuple(p["loc"]): p["msg"] for p in r.json()["detail"]}
+    assert set(problems) == {
+        ("body", "parent"),
+        ("body", "train_steps"),
+        ("body", "corpus"),
+        ("body", "search", "objective"),
+        ("body", "search", "constraints", 1),
+    }
+    assert "tiny-llama" in problems[("body", "parent")] and "PUZZLE_ARTIFACTS/parents/" in problems[("body", "parent")]
+    assert "kl_div" in problems[("body", "search", "objective")]
+    # a parent or corpus is a name, never a path
+    for bad in ("../etc", "/etc/passwd", "a/b", ".hidden"):
+        r = _submit(client, {"kind": "pipeline", "parent": bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "pipeline", "parent"], bad
+        r = _submit(client, {"kind": "pipeline", "parent": "tiny-llama", "corpus": bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "pipeline", "corpus"], bad
+    # a solve gives one point: only point 0 can be exported
+    r = _submit(client, {"kind": "pipeline", "parent": "tiny-llama", "export_points": [0, 1]})
+    assert r.status_code == 422 and "below 1" in r.json()["detail"][0]["msg"]
+    r = _submit(client, {"kind": "pipeline", "parent": "tiny-llama", "build": {"space": "huge"}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "space"
     assert client.get("/api/v1/jobs").json()["data"] == []
+    # a preset parent with defaults is accepted and queued (no library yet)
+    r = _submit(client, {"kind": "pipeline", "parent": "tiny-hybrid", "train_steps": 5})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] == "queued" and job["library_id"] is None
+    assert job["spec"]["build"]["space"] == "demo" and job["spec"]["export_points"] == [0]
 
 
 def test_writes_need_the_bearer_token_when_configured(settings: Settings, small_library: dict) -> None:

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Body, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
-from service import crud, search
+from service import crud, pipelines, search
 from service.api.deps import MAX_ID, JobIdPath, SessionDep, SettingsDep, WriteAccess
-from service.errors import ConflictError, NotAvailableError
+from service.artifacts import inside
+from service.errors import ConflictError
 from service.models import TERMINAL_STATES, Job, JobEvent
 from service.schemas import (
     ArchitecturePublic,
@@ -27,7 +28,6 @@ from service.schemas import (
     PipelineJobCreate,
     Progress,
 )
-from workers.pipeline import pipeline_unavailable_reason
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -76,20 +76,23 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Queue a job (202 + Location). A replay with the same Idempotency-Key and body returns the same job."""
-    if isinstance(body, PipelineJobCreate):
-        raise NotAvailableError(pipeline_unavailable_reason(), loc=("body", "kind"))
     spec = body.model_dump(mode="json", exclude={"max_attempts"})
-    library = crud.get_library_or_none(session, library_id=body.library_id)
-    if library is None:
-        raise search.invalid(
-            "library_id", f"no library with id {body.library_id}; upload one with POST /api/v1/libraries"
-        )
-    search.validate_params(search.load_library(settings, library), body)
+    library_id = None
+    if isinstance(body, PipelineJobCreate):
+        pipelines.validate(settings, body)
+    else:
+        library = crud.get_library_or_none(session, library_id=body.library_id)
+        if library is None:
+            raise search.invalid(
+                "library_id", f"no library with id {body.library_id}; upload one with POST /api/v1/libraries"
+            )
+        search.validate_params(search.load_library(settings, library), body)
+        library_id = body.library_id
     job, replayed = crud.submit_job(
         session,
         kind=body.kind,
         spec=spec,
-        library_id=body.library_id,
+        library_id=library_id,
         max_attempts=body.max_attempts or settings.job_max_attempts,
         idempotency_key=idempotency_key,
     )
@@ -237,11 +240,18 @@ def export_job_architecture(
     settings: SettingsDep,
     point: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Response:
-    """A tar.gz with the architecture (``architecture.json``, ``block_configs.json``, ``solution.json``).
+    """A tar.gz of one point of a finished job.
 
-    Weights are not in it yet: the Hugging Face export (safetensors + config.json) comes with the export issue."""
-    view = get_job_architecture(job_id, session, settings, point)
+    A pipeline job's exported point (``export_points``): the Hugging Face directory its export stage wrote
+    (``config.json`` with ``block_configs``, safetensors, tokenizer, ``puzzle_manifest.json``). Any other point:
+    the architecture only (``architecture.json``, ``block_configs.json``, ``solution.json``; no weights)."""
     job = crud.get_job(session, job_id=job_id)
+    exported = ((_succeeded(job).get("pipeline") or {}).get("exports") or {}).get(str(point))
+    if job.kind == "pipeline" and exported:
+        path = inside(settings.artifacts, *exported["archive"].split("/"))
+        name = f"puzzle-job{job_id}-point{point}-hf.tar.gz"
+        return FileResponse(path, media_type="application/gzip", filename=name)
+    view = get_job_architecture(job_id, session, settings, point)
     data = search.export_archive(view, job.result or {}, point=point)
     name = f"puzzle-job{job_id}-point{point}.tar.gz"
     return Response(
