@@ -6,8 +6,13 @@ parent (a Hugging Face directory under PUZZLE_ARTIFACTS/parents) -> library (BLD
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from puzzle.library import BlockLibrary
 from puzzle.model import load_pretrained
 from service.settings import Settings
 from tests.builder import make_corpus, make_parent
+from tests.service.fixtures import REPO
 from workers.runner import Worker
 
 TINY_BUILD = {
@@ -128,3 +134,57 @@ def test_pipeline_job_builds_stores_searches_and_exports(
 
 def library_vocab(library: BlockLibrary) -> int:
     return int(library.parent["arch"]["vocab_size"])
+
+
+@pytest.mark.slow
+def test_pipeline_job_resumes_after_its_worker_is_killed(
+    client: TestClient, settings: Settings, tiny_inputs: tuple[str, str]
+) -> None:
+    """kill -9 of the worker process mid-build; the stale job is re-queued and a second worker finishes it,
+    reusing every BLD / scoring / profiling result the first one stored."""
+    parent, corpus = tiny_inputs
+    build = {**TINY_BUILD, "bld_tokens": 4096}
+    body = {"kind": "pipeline", "parent": parent, "corpus": corpus, "build": build, "export": False}
+    job_id = client.post("/api/v1/jobs", json=body).json()["id"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PUZZLE_DATABASE_URL": settings.database_url,
+        "PUZZLE_ARTIFACTS": str(settings.artifacts),
+        "PUZZLE_HEARTBEAT_S": "0.2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "puzzle", "worker", "--once", "--id", "doomed"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its local Ray cluster dies with it
+    )
+    results = settings.artifacts / "pipelines" / f"job-{job_id}" / "library" / "work" / "results"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any(results.rglob("*.json")):
+                break
+            assert proc.poll() is None, "the worker exited before storing any result"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no BLD result stored within 120 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
+    assert kept and client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "running"
+
+    time.sleep(0.5)  # the dead worker's heartbeat goes stale
+    rescuer = Worker(settings.model_copy(update={"stale_after_s": 0.4}), worker_id="rescuer")
+    assert rescuer.run_once() == job_id
+    job = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert job["state"] == "succeeded" and job["attempts"] == 2 and job["worker_id"] == "rescuer", job["error"]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # nothing finished was redone
+    assert len(list(results.rglob("*.json"))) > len(kept)
+    events = client.get(f"/api/v1/jobs/{job_id}/events").json()["data"]
+    assert any(e["type"] == "requeued" for e in events)
+    result = client.get(f"/api/v1/jobs/{job_id}/result").json()
+    assert result["pipeline"]["exports"] == {} and len(result["points"]) == 1
