@@ -215,9 +215,7 @@ def _export(
     for n, k in enumerate(wanted):
         layers = [library.layers[i].variants[j].name for i, j in enumerate(points[k]["choices"])]
         target, archive = out_root / f"point-{k}", out_root / f"point-{k}.tar.gz"
-        done = (
-            archive.is_file() and (target / MANIFEST_NAME).is_file() and read_manifest(target)["layers"] == layers
-        )
+        done = archive.is_file() and (target / MANIFEST_NAME).is_file() and read_manifest(target)["layers"] == layers
         if not done:
             parent_model = parent_model or load_parent(library, parent_dir)
             child = assemble(library, lib_dir, layers, parent=parent_model)

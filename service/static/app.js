@@ -3,7 +3,7 @@
 
 const API = "/api/v1";
 const $ = (id) => document.getElementById(id);
-const state = { view: null, jobId: null, source: null, pollTimer: null, jobsTimer: null, libraries: [], result: null, compare: null };
+const state = { view: null, jobId: null, source: null, pollTimer: null, jobsTimer: null, libraries: [], result: null, compare: null, stages: {} };
 window.puzzle = state; // for debugging and the browser test
 
 $("token").value = localStorage.getItem("puzzle-token") || "";
@@ -208,7 +208,38 @@ function renderJob(job) {
   $("job-error").textContent = job.error || "";
 }
 
+// Pipeline jobs: one row per stage (parent, library, search, export) with its latest step's progress.
+const PIPELINE_STAGES = ["parent", "library", "search", "export"];
+
+function trackStage(ev) {
+  if (ev.type !== "progress" || !state.job || state.job.kind !== "pipeline") return;
+  const [stage, step] = ev.data.stage.split("/");
+  state.stages[stage] = { step: step || "", done: ev.data.done, total: ev.data.total };
+  renderStages();
+}
+
+function renderStages() {
+  const table = $("job-stages");
+  table.hidden = !state.job || state.job.kind !== "pipeline";
+  if (table.hidden) return;
+  const rows = PIPELINE_STAGES.map((name) => {
+    const s = state.stages[name];
+    const bar = el("progress");
+    bar.max = Math.max(s ? s.total : 1, 1);
+    bar.value = s ? s.done : 0;
+    const text = s ? `${s.step ? s.step + " " : ""}${s.done}/${s.total}` : "waiting";
+    const cell = el("td");
+    cell.append(bar);
+    const tr = el("tr");
+    tr.append(el("td", name), cell, el("td", text, "stage-text"));
+    tr.dataset.stage = name;
+    return tr;
+  });
+  table.tBodies[0].replaceChildren(...rows);
+}
+
 function addEvent(ev) {
+  trackStage(ev);
   const data = Object.assign({}, ev.data);
   delete data.traceback;
   $("job-events").append(el("li", `#${ev.id} ${new Date(ev.at).toLocaleTimeString()} ${ev.type} ${JSON.stringify(data)}`));
@@ -218,12 +249,14 @@ async function openJob(id) {
   state.jobId = id;
   state.lastEventId = 0;
   state.result = null;
+  state.stages = {};
   $("job-events").replaceChildren();
   $("frontier-panel").hidden = true;
   $("arch-panel").hidden = true;
   try {
     const job = await api(`/jobs/${id}`);
     renderJob(job);
+    renderStages();
     if (job.state === "succeeded") await showResult(job);
   } catch (e) { showError(e.message); return; }
   followEvents(id);

@@ -131,3 +131,47 @@ def test_frontier_plot_equals_the_api_frontier(settings: Settings, pg_url: str) 
             assert second == [pt["objective"] for pt in _get(f"{base}/api/v1/jobs/{other['id']}/result")["points"]]
             assert errors == []
             browser.close()
+
+
+@pytest.mark.slow
+def test_pipeline_job_page_shows_its_four_stages(settings: Settings, pg_url: str) -> None:
+    """A running pipeline job's page lists parent / library / search / export with each stage's latest step."""
+    from playwright.sync_api import sync_playwright
+
+    from service import crud, db
+
+    sessions = db.session_factory(db.engine_for(db.normalise_url(pg_url)))
+    with db.session_scope(sessions) as session:
+        job, _ = crud.submit_job(
+            session, kind="pipeline", spec={"parent": "tiny-llama"}, library_id=None, max_attempts=1
+        )
+        job_id = job.id
+    with db.session_scope(sessions) as session:
+        crud.claim_job(session, worker_id="w-page")
+    for stage, done, total in [("parent/train", 5, 5), ("library/distill", 3, 8), ("library/score", 1, 4)]:
+        with db.session_scope(sessions) as session:
+            crud.set_progress(session, job_id=job_id, worker_id="w-page", stage=stage, done=done, total=total)
+    with serve(pg_url, settings.artifacts, workers=0) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/#/jobs/{job_id}")
+        page.wait_for_selector("#job-stages tr[data-stage='library']")
+        rows = {
+            r.get_attribute("data-stage"): r.inner_text().split("\t") for r in page.query_selector_all("#job-stages tr")
+        }
+        assert list(rows) == ["parent", "library", "search", "export"]
+        assert rows["parent"][-1].strip() == "train 5/5"
+        assert rows["library"][-1].strip() == "score 1/4"  # the latest step of the stage
+        assert rows["search"][-1].strip() == rows["export"][-1].strip() == "waiting"
+        bar = page.query_selector("#job-stages tr[data-stage='library'] progress")
+        assert bar is not None and bar.evaluate("b => [b.value, b.max]") == [1, 4]
+        # a live progress event updates the row without reloading
+        with db.session_scope(sessions) as session:
+            crud.set_progress(session, job_id=job_id, worker_id="w-page", stage="search/solve", done=1, total=1)
+        page.wait_for_function(
+            "document.querySelector(\"#job-stages tr[data-stage='search'] .stage-text\").textContent === 'solve 1/1'"
+        )
+        browser.close()
+        assert errors == []
