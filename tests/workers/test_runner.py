@@ -66,6 +66,30 @@ def test_frontier_job_lifecycle_and_result_matches_the_search_engine(
     assert worker.run_once() is None  # queue empty
 
 
+def test_search_jobs_report_progress_per_step(client: TestClient, settings: Settings, small_library: dict) -> None:
+    """A diverse pool reports each solution as it is found; a frontier its engine, totals and points steps."""
+    from puzzle import search
+
+    diverse = client.post(
+        "/api/v1/jobs", json=search_job(small_library["id"], mode="diverse", n=3, d=2, constraints=["num_params<=80%"])
+    ).json()["id"]
+    frontier = client.post("/api/v1/jobs", json=search_job(small_library["id"], mode="frontier", axis="runtime_ms"))
+    worker = Worker(settings, worker_id="w-steps")
+    assert worker.run_once() == diverse and worker.run_once() == frontier.json()["id"]
+
+    def steps(job_id: int) -> list[tuple[str, int, int]]:
+        return [
+            (e["data"]["stage"], e["data"]["done"], e["data"]["total"])
+            for e in _events(client, job_id)
+            if e["type"] == "progress"
+        ]
+
+    pool = search.diverse(make_library(), "kl_div", ["num_params<=80%"], 3, 2)
+    assert len(pool) == 3 and len(client.get(f"/api/v1/jobs/{diverse}/result").json()["points"]) == 3
+    assert steps(diverse) == [("diverse", 0, 3), ("diverse", 1, 3), ("diverse", 2, 3), ("diverse", 3, 3)]
+    assert steps(frontier.json()["id"]) == [("frontier", i, 3) for i in range(4)]
+
+
 def test_failure_is_stored_with_its_message(client: TestClient, settings: Settings, small_library: dict) -> None:
     body = search_job(small_library["id"], constraints=["runtime_ms<=1%"])
     job_id = client.post("/api/v1/jobs", json=body).json()["id"]
