@@ -14,7 +14,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Update, and_, select, update
+from sqlalchemy import CursorResult, String, Update, and_, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -124,6 +124,16 @@ def submit_job(
     The caller commits. Raises ConflictError when the key was used with another body.
     """
     digest = body_hash({"kind": kind, "spec": spec})
+    if session.get_bind().dialect.name == "postgresql":
+        return _submit_one_statement(
+            session,
+            kind=kind,
+            spec=spec,
+            library_id=library_id,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            digest=digest,
+        )
     if idempotency_key is not None:
         existing = _job_for_key(session, key=idempotency_key, digest=digest)
         if existing is not None:
@@ -153,6 +163,74 @@ def submit_job(
             existing = _job_for_key(session, key=idempotency_key, digest=digest)
             assert existing is not None
             return existing, True
+    return job, False
+
+
+def _submit_one_statement(
+    session: Session,
+    *,
+    kind: str,
+    spec: dict[str, Any],
+    library_id: int | None,
+    max_attempts: int,
+    idempotency_key: str | None,
+    digest: str,
+) -> tuple[Job, bool]:
+    """PostgreSQL: the job, its 'queued' event and its idempotency key in one round trip (data-modifying CTEs);
+    a key already taken fails the statement as a whole, and the first job is returned instead."""
+    now = utcnow()
+    values = {
+        "kind": kind,
+        "state": "queued",
+        "spec": spec,
+        "library_id": library_id,
+        "max_attempts": max_attempts,
+        "attempts": 0,
+        "cancel_requested": False,
+        "progress_done": 0,
+        "progress_total": 0,
+        "created_at": now,
+    }
+    job_cte = insert(Job).values(**values).returning(Job.id).cte("new_job")
+    event_cte = (
+        insert(JobEvent)
+        .from_select(
+            ["job_id", "type", "data", "at"],
+            select(
+                job_cte.c.id,
+                literal("state", String()),
+                literal({"state": "queued"}, JobEvent.__table__.c.data.type),
+                literal(now, JobEvent.__table__.c.at.type),
+            ),
+        )
+        .cte("new_event")
+    )
+    query = select(job_cte.c.id).add_cte(event_cte)
+    if idempotency_key is not None:
+        key_cte = (
+            insert(IdempotencyKey)
+            .from_select(
+                ["key", "request_hash", "job_id", "created_at"],
+                select(
+                    literal(idempotency_key, String()),
+                    literal(digest, String()),
+                    job_cte.c.id,
+                    literal(now, IdempotencyKey.__table__.c.created_at.type),
+                ),
+            )
+            .cte("new_key")
+        )
+        query = query.add_cte(key_cte)
+        try:
+            job_id = session.execute(query).scalar_one()
+        except IntegrityError:
+            session.rollback()  # the statement made nothing; the caller had only read before it
+            existing = _job_for_key(session, key=idempotency_key, digest=digest)
+            assert existing is not None
+            return existing, True
+    else:
+        job_id = session.execute(query).scalar_one()
+    job = Job(id=job_id, **values)
     return job, False
 
 
@@ -380,3 +458,23 @@ def requeue_stale(session: Session, *, stale_after_s: float, now: datetime | Non
 
 def get_library_or_none(session: Session, *, library_id: int) -> Library | None:
     return session.get(Library, library_id)
+
+
+# Stored libraries never change and are never deleted: where one lives is remembered per process and database,
+# which saves every job submission a round trip.
+_LIBRARY_REFS: dict[tuple[str, int], tuple[str, str]] = {}
+_LIBRARY_REFS_SIZE = 4096
+
+
+def library_ref(session: Session, *, library_id: int) -> tuple[str, str] | None:
+    """(path, digest) of a stored library, or None when no library has this id."""
+    key = (str(session.get_bind().url), library_id)
+    ref = _LIBRARY_REFS.get(key)
+    if ref is None:
+        row = session.get(Library, library_id)
+        if row is None:
+            return None
+        if len(_LIBRARY_REFS) >= _LIBRARY_REFS_SIZE:
+            _LIBRARY_REFS.clear()
+        ref = _LIBRARY_REFS[key] = (row.path, row.digest)
+    return ref

@@ -11,7 +11,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from service import crud, pipelines, search
+from service import crud, libraries, pipelines, search
 from service.api.deps import MAX_ID, JobIdPath, SessionDep, SettingsDep, WriteAccess
 from service.artifacts import inside
 from service.errors import ConflictError
@@ -81,12 +81,12 @@ def submit_job(
     if isinstance(body, PipelineJobCreate):
         pipelines.validate(settings, body)
     else:
-        library = crud.get_library_or_none(session, library_id=body.library_id)
-        if library is None:
+        ref = crud.library_ref(session, library_id=body.library_id)
+        if ref is None:
             raise search.invalid(
                 "library_id", f"no library with id {body.library_id}; upload one with POST /api/v1/libraries"
             )
-        search.validate_params(search.load_library(settings, library), body)
+        search.validate_params(libraries.load(settings.artifacts, *ref), body)
         library_id = body.library_id
     job, replayed = crud.submit_job(
         session,
