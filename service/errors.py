@@ -17,14 +17,6 @@ class UnauthorizedError(PuzzleError):
     """A write without the configured bearer token (HTTP 401)."""
 
 
-class NotAvailableError(ConfigError):
-    """A valid request for something this installation cannot do yet (HTTP 422 at ``loc``)."""
-
-    def __init__(self, message: str, *, loc: tuple[str, ...] = ("body",)):
-        super().__init__(message)
-        self.loc = list(loc)
-
-
 class SchemaOutdatedError(ConfigError):
     """The database schema is older (or newer) than this code; ``puzzle db upgrade`` fixes it."""
 

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from puzzle.errors import InfeasibleError, PuzzleError
-from service.errors import ConflictError, InvalidInputError, NotAvailableError, NotFoundError, UnauthorizedError
+from service.errors import ConflictError, InvalidInputError, NotFoundError, UnauthorizedError
 
 
 def _problems(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -37,8 +37,7 @@ def puzzle_error_response(exc: PuzzleError) -> JSONResponse:
     if isinstance(exc, InvalidInputError):
         items = [{"loc": loc, "msg": msg, "type": "invalid"} for loc, msg in exc.problems]
         return JSONResponse({"detail": items}, status_code=422)
-    loc = exc.loc if isinstance(exc, NotAvailableError) else ["body"]
-    problem: dict[str, Any] = {"loc": loc, "msg": str(exc), "type": type(exc).__name__}
+    problem: dict[str, Any] = {"loc": ["body"], "msg": str(exc), "type": type(exc).__name__}
     if isinstance(exc, InfeasibleError):
         problem.update(constraint=exc.constraint, minimum=exc.minimum)
     return JSONResponse({"detail": [problem]}, status_code=422)
