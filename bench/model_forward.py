@@ -1,6 +1,6 @@
 """Forward speed of our CausalLM against transformers on the same checkpoint, side by side in one process.
 
-For a tiny-llama-like and a tiny-hybrid-like (Nemotron-H pattern) checkpoint with random weights, measures
+For the tiny-llama and tiny-hybrid preset architectures (``puzzle.presets``) with random weights, measures
 tokens/s of prefill (one forward over batch x prompt) and of cached decode (one token per step after a
 prefill), for our model and for transformers' (LlamaForCausalLM / NemotronHForCausalLM) loaded from the
 same directory, and prints a table with the ratio ours / transformers (> 1 means we are faster).
@@ -18,22 +18,9 @@ from pathlib import Path
 
 import torch
 
-from puzzle.arch import ArchSpec, AttentionSpec, BlockSpec, FFNSpec, MambaSpec, RopeSpec
+from puzzle.arch import ArchSpec
 from puzzle.model import CausalLM, load_pretrained, save_pretrained
-
-
-def tiny_llama(vocab: int = 8192) -> ArchSpec:
-    block = BlockSpec(AttentionSpec(n_heads=8, n_kv_heads=4, head_dim=32), FFNSpec(intermediate_size=768))
-    return ArchSpec(vocab_size=vocab, hidden_size=256, blocks=(block,) * 8, rope=RopeSpec(theta=10000.0))
-
-
-def tiny_hybrid(vocab: int = 8192, pattern: str = "M-M*-M-M*-") -> ArchSpec:
-    kinds = {
-        "M": BlockSpec(mamba=MambaSpec(n_heads=8, head_dim=64, n_groups=2, d_state=64, chunk_size=64)),
-        "*": BlockSpec(attention=AttentionSpec(n_heads=8, n_kv_heads=4, head_dim=32, rope=False)),
-        "-": BlockSpec(ffn=FFNSpec(intermediate_size=1024, activation="relu2")),
-    }
-    return ArchSpec(vocab_size=vocab, hidden_size=256, blocks=tuple(kinds[c] for c in pattern), family="nemotron_h")
+from puzzle.presets import tiny_hybrid, tiny_llama
 
 
 def _prefill(call: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor) -> Callable[[], float]:
@@ -119,7 +106,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, fp32 CPU")
     print(f"batch {args.batch}, prefill {args.prompt} tokens, decode {args.decode} steps after {args.decode_prompt}")
     rows = []
-    for name, arch in (("tiny-llama", tiny_llama()), ("tiny-hybrid", tiny_hybrid())):
+    for name, arch in (("tiny-llama", tiny_llama(8192)), ("tiny-hybrid", tiny_hybrid(8192))):
         if args.only in (None, name):
             rows += bench(name, arch, args)
     print(f"\n{'checkpoint':<12} {'phase':<8} {'ours tok/s':>12} {'HF tok/s':>12} {'ours/HF':>8}")
