@@ -56,7 +56,8 @@ class BuildConfig:
     dtype: str = "float32"
     warmup: int = 3
     repeats: int = 10
-    profile_threads: int = 1
+    profile_threads: int = 1  # CPU threads for latency (recorded on each scenario; children are timed alike)
+    profile_copies: int = 0  # blocks timed as a chain of this many instances (0: the parent's depth, at most 8)
     scenarios: tuple[Scenario, ...] | None = None
     corpus: str | None = None  # a corpus path (default: the data module's default corpus)
 
@@ -212,7 +213,10 @@ def build_library(
     arch: ArchSpec = prep["arch"]
     space = space or default_space(arch.family)
     layers = expand(space, arch)
-    scenarios = config.scenarios or default_scenarios(config.device, config.dtype)
+    scenarios = tuple(
+        replace(sc, threads=config.profile_threads) if sc.threads == 0 and sc.device.startswith("cpu") else sc
+        for sc in config.scenarios or default_scenarios(config.device, config.dtype, config.profile_threads)
+    )
     act_key = key_digest(prep["data_key"])
 
     # stage 2: distill
@@ -264,23 +268,22 @@ def build_library(
     # stage 4: profile distinct specs, then the assembled parent
     specs = list(dict.fromkeys(BlockSpec.from_dict(e["spec"]) for entries in composed.values() for e in entries))
     sc_dicts = [s.to_dict() for s in scenarios]
+    copies = config.profile_copies or min(len(arch.blocks), 8)
     prof_args = (config.device, config.warmup, config.repeats)
     profile_tasks = [
         Task(
-            f"profile/{key_digest(arch.hidden_size, arch.rope.to_dict(), s.to_dict(), sc_dicts, prof_args, config.profile_threads)}",
+            f"profile/{key_digest(arch.hidden_size, arch.rope.to_dict(), s.to_dict(), sc_dicts, prof_args, copies)}",
             profile_task,
-            (arch.to_dict(), [s.to_dict()], sc_dicts, *prof_args),
-            kwargs={"threads": config.profile_threads},
+            (arch.to_dict(), [s.to_dict()], sc_dicts, *prof_args, copies),
             num_cpus=executor.max_task_cpus,
         )
         for s in specs
     ]
     profile_tasks.append(
         Task(
-            f"profile/model/{key_digest(prep['digest'], sc_dicts, prof_args, config.profile_threads)}",
+            f"profile/model/{key_digest(prep['digest'], sc_dicts, prof_args, 'x3')}",
             profile_model_task,
-            (str(work), sc_dicts, *prof_args),
-            kwargs={"threads": config.profile_threads},
+            (str(work), sc_dicts, config.device, config.warmup, 3 * config.repeats),
             num_cpus=executor.max_task_cpus,
         )
     )
@@ -326,6 +329,8 @@ def build_library(
         lib_layers.append(Layer(index=layer.index, variants=tuple(variants)))
         progress.advance("assemble")
 
+    # Additivity: the whole parent against "sum of its blocks + embedding/head timed alone" (the library's
+    # prediction for the parent; children are predicted the same way).
     additivity = {}
     for sc in scenarios:
         blocks_sum = sum(by_spec[layer.parent]["scenarios"][sc.name]["runtime_ms"] for layer in layers)
@@ -361,7 +366,8 @@ def build_library(
             "distill_tokens": prep["distill_tokens"],
             "holdout_tokens": prep["holdout_tokens"],
             "additivity": additivity,
-            "latency": f"measured on {scenarios[0].device} ({scenarios[0].dtype}), median of {config.repeats} after {config.warmup} warm-up",
+            "latency": f"measured on {scenarios[0].device} ({scenarios[0].dtype}), median of {config.repeats} after "
+            f"{config.warmup} warm-up, blocks in chains of {copies}",
         },
     )
     library.save(out)

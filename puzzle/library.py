@@ -114,6 +114,7 @@ class Scenario:
     device: str = "unknown"
     dtype: str = "unknown"
     tokens_per_sequence: int = 0  # 0: derived from kind (prefill: seq_len, decode: 1)
+    threads: int = 0  # CPU threads the latencies were measured with (0: not recorded); re-measure with as many
 
     def __post_init__(self) -> None:
         _check_name("scenario", self.name)
@@ -125,6 +126,8 @@ class Scenario:
             value = getattr(self, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise LibraryError(f"scenario {self.name}: {attr} must be a positive integer, got {value!r}")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
+            raise LibraryError(f"scenario {self.name}: threads must be an integer >= 0, got {self.threads!r}")
         if not isinstance(self.tokens_per_sequence, int) or self.tokens_per_sequence < 0:
             raise LibraryError(
                 f"scenario {self.name}: tokens_per_sequence must be >= 0, got {self.tokens_per_sequence!r}"
@@ -146,13 +149,14 @@ class Scenario:
             "device": self.device,
             "dtype": self.dtype,
             "tokens_per_sequence": self.tokens_per_sequence,
+            "threads": self.threads,
         }
 
     @classmethod
     def from_dict(cls, data: Any) -> Scenario:
         if not isinstance(data, Mapping):
             raise LibraryError(f"scenario: expected an object, got {type(data).__name__}")
-        known = {"name", "kind", "batch_size", "seq_len", "device", "dtype", "tokens_per_sequence"}
+        known = {"name", "kind", "batch_size", "seq_len", "device", "dtype", "tokens_per_sequence", "threads"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise LibraryError(f"scenario {data.get('name')}: unknown field(s) {', '.join(unknown)}")

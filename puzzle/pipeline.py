@@ -80,7 +80,7 @@ class DemoConfig:
     eval_seq_len: int = 256
     executor: str = "ray"
     workers: int | None = None
-    latency_repeats: int = 10
+    latency_repeats: int = 20
     methods: tuple[str, ...] = METHODS
     frontier: bool = True  # compute the Pareto frontier (stage 3) for the report and plot
 

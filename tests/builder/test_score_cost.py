@@ -6,6 +6,7 @@ import torch
 from puzzle.arch import AttentionSpec, BlockSpec, FFNSpec, MambaSpec
 from puzzle.cost import block_memory_mib, block_params, measure_block, measure_model, state_bytes, time_ms
 from puzzle.distill import build_block
+from puzzle.errors import PuzzleError
 from puzzle.library import Scenario
 from puzzle.model import CausalLM
 from puzzle.score import score_blocks
@@ -68,3 +69,33 @@ def test_latency_measurement_and_decode_with_cache() -> None:
     model = CausalLM(small_hybrid("M*-"))
     whole = measure_model(model, scenarios, warmup=1, repeats=2)
     assert all(v["non_block_runtime_ms"] > 0 and v["runtime_ms"] > 0 for v in whole.values())
+
+
+def test_blocks_are_timed_in_chains_with_the_scenarios_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import puzzle.cost
+
+    seen = []
+    real = puzzle.cost.time_ms
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(puzzle.cost, "time_ms", spy)
+    arch = small_llama()
+    scenario = Scenario("p", "prefill", 2, 16, "cpu", "float32", threads=1)
+    before = torch.get_num_threads()
+    one = measure_block(arch, arch.blocks[0], (scenario,), warmup=1, repeats=3)
+    four = measure_block(arch, arch.blocks[0], (scenario,), warmup=1, repeats=3, copies=4)
+    assert seen == [1, 1] and torch.get_num_threads() == before  # timed with 1 thread, count restored
+    # per-instance time of a chain of 4: the same order as one instance, not four times it
+    assert 0 < four["p"]["runtime_ms"] < 3 * one["p"]["runtime_ms"] + 1.0
+    assert four["p"]["memory_mib"] == one["p"]["memory_mib"]
+
+
+def test_scenario_threads_round_trip_and_validation() -> None:
+    sc = Scenario("p", "prefill", 2, 16, "cpu", "float32", threads=2)
+    assert Scenario.from_dict(sc.to_dict()) == sc
+    assert Scenario.from_dict({k: v for k, v in sc.to_dict().items() if k != "threads"}).threads == 0
+    with pytest.raises(PuzzleError, match="threads"):
+        Scenario("p", threads=-1)
