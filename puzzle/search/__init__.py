@@ -4,6 +4,7 @@
     solvers/     backends behind ``Solver.solve(problem) -> Solution`` (dp: the exact default; cpsat, scip,
                  highs, cbc)
     pareto.py    the exact DP engine shared by the dp solver and the frontier
+    staircase.py the exact 2-D (one cost, objective) DP: relaxed frontier and suffix bound tables
     verify.py    independent re-summing of every solution
     diagnose.py  infeasibility: the binding constraint and its best achievable value
     pareto_front.py exact Pareto frontier of the objective against one cost axis

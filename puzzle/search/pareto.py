@@ -11,29 +11,37 @@ Pruning (each rule removes only states that cannot lead to a better feasible ans
     (P1) capacity   C[k] + sum_{l>i} min_j c[k,l,j] > hi[k] + tol[k]   (or the lower-bound twin)
     (P2) dominance  state a dominates b if W_a <= W_b and C_a is at least as good as C_b on every bounded row
                     (smaller for upper-bounded rows, larger for lower-bounded rows, equal for rows with both);
-                    a completion of b is then also a completion of a at no more cost. Removing *some*
-                    dominated states keeps exactness, so cheap partial filters are used where an exact one
-                    would cost more than it saves (one row: exact; two rows: bucketed; more: duplicates only).
+                    a completion of b is then also a completion of a at no more cost. The filter is exact
+                    (every dominated state goes) for up to two such dims, by a sweep in W order against the
+                    2-D staircase of the earlier states; with more dims, for sets of up to _EXACT_LIMIT states
+                    (pairwise), else only duplicates go (removing *some* dominated states keeps exactness).
     (P3) bound      W + LB_i(C) > UB + eps, UB the objective of a known feasible architecture and LB the
                     Lagrangian bound of the remaining layers for multipliers nu = lam - mu >= / <= 0:
                         LB_i(C) = sum_{l>i} min_j (w[l,j] + nu . c[:,l,j]) - lam . (hi + tol - C) + mu . (lo - tol - C)
                     valid for every completion that meets the bounds (weak duality); nu comes from coordinate
                     ascent on the root Lagrangian dual (any nu is valid; a good one prunes more).
+    (P4) suffix     W + T_{i+1}(room - coef . C) > UB + eps, T the exact staircase of the remaining layers on
+                    one combination of rows (``SuffixBound``): the exact version of (P3) for one row.
     UB comes from a first pass that keeps only the ``beam`` states with the smallest W + LB (a heuristic
     that usually finds the optimum); the second pass is exact.
 
-The frontier (``frontier.py``) runs the same engine with one unbounded axis row kept in the dominance test
-and no bound pruning, so its final Pareto set is every optimal (axis, objective) trade-off.
+Candidates are formed on the (variant, state) grid and the bounds (P1), (P3) are tested there, separably,
+before any cost vector is gathered; states are stored as one index per layer into that grid (back-pointers).
+
+The frontier (``pareto_front.py``) runs the same engine with the axis row kept in the dominance test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-_BUCKETS = 32
+from puzzle.search.staircase import Staircase, staircase_points
+
 _EXACT_LIMIT = 1024  # states up to which the pairwise (exact) dominance test is used
+_SWEEP_BLOCK = 256  # rows per block of the exact two-dimension sweep
 
 
 @dataclass(frozen=True)
@@ -169,12 +177,12 @@ def dominance_dims(lo: np.ndarray, hi: np.ndarray, axis: int | None = None) -> n
 
 
 def nondominated(w: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Indices of states kept after (partial) dominance filtering, sorted by objective.
+    """Indices of states kept after dominance filtering, sorted by objective.
 
-    ``w`` (S,), ``d`` (S, D) transformed costs (smaller is better). Exact for D <= 1; for D = 2 a state is
-    removed when an earlier (W-sorted) state is no worse in both dims as found through bucketed prefix minima
-    (both orientations); for D > 2 only exact duplicates are removed. Sets of up to ``_EXACT_LIMIT`` states
-    get the exact pairwise test in any D. Never removes a non-dominated state.
+    ``w`` (S,), ``d`` (S, D) transformed costs (smaller is better). Exact (every dominated state and all but
+    one of equal states removed) for D <= 2 (D = 2: ``_sweep_2d``) and for sets of up to ``_EXACT_LIMIT``
+    states in any D (pairwise); for larger sets with D > 2 only exact duplicates are removed. Never removes a
+    non-dominated state.
     """
     n, dims = d.shape
     if n == 0:
@@ -187,67 +195,84 @@ def nondominated(w: np.ndarray, d: np.ndarray) -> np.ndarray:
         keep = np.ones(n, dtype=bool)
         keep[1:] = ws[1:] < running[:-1]
         return order[keep]
-    keys = [d[:, r] for r in range(dims - 1, -1, -1)] + [w]
-    order = np.lexsort(keys)  # by w, then d0, d1, ...
+    # By W (stable: the expansion's runs are already W-sorted); ties in W also by the costs, so that an
+    # earlier state is never dominated by a later one.
+    order = np.argsort(w, kind="stable")
+    ws = w[order]
     if dims == 0:
         return order[:1]
+    if np.any(ws[1:] == ws[:-1]):
+        order = np.lexsort([d[:, r] for r in range(dims - 1, -1, -1)] + [w])
     ds = d[order]
-    if dims == 1:
-        running = np.minimum.accumulate(ds[:, 0])
-        keep = np.ones(n, dtype=bool)
-        keep[1:] = ds[1:, 0] < running[:-1]
-        return order[keep]
-    keep = np.ones(n, dtype=bool)
-    # Cheap exact pass: states dominated by one of a few early (low-W) anchors.
-    anchors = ds[: min(n, 8)]
-    for r in range(len(anchors)):
-        hit = np.all(anchors[r] <= ds[r + 1 :], axis=1)
-        keep[r + 1 :] &= ~hit
-    idx = np.nonzero(keep)[0]
-    if idx.size <= _EXACT_LIMIT:
-        # Exact: t is dominated by an earlier (W-sorted) state that is no worse in every dim.
-        sub = ds[idx]
-        le = sub[:, None, 0] <= sub[None, :, 0]
+    if n <= _EXACT_LIMIT:
+        # t is dominated by an earlier (W-sorted) state that is no worse in every dim.
+        le = ds[:, None, 0] <= ds[None, :, 0]
         for r in range(1, dims):
-            le &= sub[:, None, r] <= sub[None, :, r]
-        le &= _upper_mask(idx.size)
-        return order[idx[~le.any(axis=0)]]
-    # Exact duplicates of the preceding state (same costs; W no better) are dominated.
-    keep[1:] &= np.any(ds[1:] != ds[:-1], axis=1)
+            le &= ds[:, None, r] <= ds[None, :, r]
+        le &= _upper_mask(n)
+        return order[~le.any(axis=0)]
     if dims == 2:
-        for a_dim, b_dim in ((0, 1), (1, 0)):
-            keep &= ~_bucket_dominated(ds[:, a_dim], ds[:, b_dim])
+        return order[_sweep_2d(ds)]
+    # Exact duplicates of the preceding state (same costs; W no better) are dominated.
+    keep = np.ones(n, dtype=bool)
+    keep[1:] = np.any(ds[1:] != ds[:-1], axis=1)
     return order[keep]
 
 
-_MASKS: dict[int, np.ndarray] = {}
+def _sweep_2d(ds: np.ndarray, block: int = _SWEEP_BLOCK) -> np.ndarray:
+    """Exact: True where no earlier row of ``ds`` (S, 2) is <= in both columns (rows sorted by W).
+
+    Blocks of rows in order: a row is first tested against the 2-D staircase of all earlier blocks
+    (searchsorted: the staircase point with the largest d0 <= the row's has the smallest d1 among them);
+    the few that pass are tested pairwise against the earlier passing rows of their block (a row dominated
+    by a failing row is dominated by what made that one fail) and then join the staircase.
+    """
+    n = len(ds)
+    keep = np.zeros(n, dtype=bool)
+    st0, st1 = np.zeros(0), np.zeros(0)
+    for start in range(0, n, block):
+        blk = ds[start : start + block]
+        if st0.size:
+            k = np.searchsorted(st0, blk[:, 0], side="right") - 1
+            idx = np.nonzero((k < 0) | (st1[np.maximum(k, 0)] > blk[:, 1]))[0]
+            sub = blk[idx]
+        else:
+            idx, sub = np.arange(len(blk)), blk
+        if idx.size > 1:
+            le = (sub[:, None, 0] <= sub[None, :, 0]) & (sub[:, None, 1] <= sub[None, :, 1]) & _upper_mask(idx.size)
+            free = ~le.any(axis=0)
+            idx, sub = idx[free], sub[free]
+        if idx.size:
+            keep[start + idx] = True
+            _, st0, st1 = staircase_points(np.concatenate([st0, sub[:, 0]]), np.concatenate([st1, sub[:, 1]]))
+    return keep
+
+
+_MASK = np.triu(np.ones((max(_EXACT_LIMIT, _SWEEP_BLOCK),) * 2, dtype=bool), k=1)
+_MASK.flags.writeable = False
 
 
 def _upper_mask(n: int) -> np.ndarray:
-    """Boolean (n, n) with True where row < column (cached)."""
-    mask = _MASKS.get(n)
-    if mask is None:
-        mask = np.triu(np.ones((n, n), dtype=bool), k=1)
-        if len(_MASKS) < 64:
-            _MASKS[n] = mask
-    return mask
+    """Boolean (n, n) with True where row < column."""
+    if n <= len(_MASK):
+        return _MASK[:n, :n]
+    return np.triu(np.ones((n, n), dtype=bool), k=1)
 
 
-def _bucket_dominated(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """For W-sorted states: True where an earlier state has a <= a_t and b in a strictly lower bucket than b_t."""
-    n = len(a)
-    edges = np.unique(np.sort(b)[np.linspace(0, n - 1, _BUCKETS + 1).astype(np.int64)[1:-1]])
-    if edges.size == 0:
-        return np.zeros(n, dtype=bool)
-    bucket = np.searchsorted(edges, b, side="right")  # states in a lower bucket have strictly smaller b
-    m = np.full((n, edges.size + 1), np.inf)
-    m[np.arange(n), bucket] = a
-    np.minimum.accumulate(m, axis=0, out=m)  # min a over states <= t per bucket
-    np.minimum.accumulate(m, axis=1, out=m)  # ... over buckets <= beta
-    out = np.zeros(n, dtype=bool)
-    t = np.nonzero(bucket[1:] > 0)[0] + 1
-    out[t] = m[t - 1, bucket[t] - 1] <= a[t]
-    return out
+@dataclass(frozen=True)
+class SuffixBound:
+    """(P4) an exact bound of the remaining layers on one combination of rows.
+
+    Every final state that matters has ``coef . C <= room`` (e.g. ``coef`` = e_k and ``room`` = hi_k + tol_k
+    for an upper-bounded row, -e_k and -(lo_k - tol_k) for a lower-bounded one). ``tables[i]`` is the
+    staircase of (coef . c, w) over layers i..L-1 (``staircase.suffix_tables``; ``tables[L]`` = the point
+    (0, 0)), so the layers after i add at least ``tables[i+1].best_within(room - coef . C)`` to W: exact for
+    that one combination, where (P3) is its convex (Lagrangian) relaxation.
+    """
+
+    coef: np.ndarray
+    room: float
+    tables: tuple[Staircase, ...]
 
 
 class StateLimit(RuntimeError):
@@ -273,8 +298,12 @@ def run(
     axis: int | None = None,
     keep_all: bool = False,
     max_states: int | None = None,
+    suffix: Sequence[SuffixBound] = (),
 ) -> DPResult:
-    """The DP described in the module docstring. ``keep_all`` returns every final non-dominated state."""
+    """The DP described in the module docstring. ``keep_all`` returns every final non-dominated state.
+
+    ``suffix`` adds (P4) (see ``SuffixBound``) to the bound pruning; like (P3) it needs a finite ``ub``.
+    """
     n_layers, _, k = a.c.shape
     has_hi, has_lo = _bounds_used(a)
     hi_t = np.where(has_hi, a.hi + a.tol, np.inf)
@@ -288,45 +317,56 @@ def run(
     tmat = dominance_dims(a.lo, a.hi, axis)
     use_bound = nus is not None and nus.size > 0 and (np.isfinite(ub) or beam is not None)
     if use_bound:
-        suffix = suffix_bounds(a, nus)  # (L+1, M)
+        sb = suffix_bounds(a, nus)  # (L+1, M)
         lam = np.where(has_hi[None, :], np.maximum(nus, 0), 0.0)  # (M, K)
         mu = np.where(has_lo[None, :], np.maximum(-nus, 0), 0.0)
         hi_f = np.where(has_hi, hi_t, 0.0)
         lo_f = np.where(has_lo, lo_t, 0.0)
     eps = 1e-9 * max(1.0, float(np.abs(np.where(a.valid, a.w, 0)).max(axis=1).sum()))
 
+    bounded = [r for r in range(k) if has_hi[r] or has_lo[r]]
     c_states = np.zeros((1, k))
     w_states = np.zeros(1)
-    parents: list[np.ndarray] = []
-    picks: list[np.ndarray] = []
+    trail: list[tuple[np.ndarray, np.ndarray, int]] = []  # per layer: variants, kept candidates, state count
     largest = 1
     for i in range(n_layers):
         js = np.nonzero(a.valid[i])[0]
-        # Variant-major: each variant's block is a shifted copy of the (sorted) states, i.e. a sorted run.
-        c_new = (a.c[i, js][:, None, :] + c_states[None, :, :]).reshape(-1, k)
-        w_new = (a.w[i, js][:, None] + w_states[None, :]).reshape(-1)
-        parent = np.tile(np.arange(len(w_states)), len(js))
-        pick = np.repeat(js, len(w_states))
-        # (P1) capacity
-        ok = np.all(c_new + rem_min[i + 1] <= hi_t, axis=1) & np.all(c_new + rem_max[i + 1] >= lo_t, axis=1)
+        cj, wj, n_s = a.c[i, js], a.w[i, js], len(w_states)
+        # Candidates on the (variant, state) grid, variant-major: each variant's row is a shifted copy of the
+        # (sorted) states, i.e. a sorted run. The bounds are tested on the grid before costs are gathered.
+        ok = np.ones((len(js), n_s), dtype=bool)
+        for r in bounded:  # (P1) capacity
+            row = cj[:, r, None] + c_states[None, :, r]
+            if has_hi[r]:
+                ok &= row + rem_min[i + 1, r] <= hi_t[r]
+            if has_lo[r]:
+                ok &= row + rem_max[i + 1, r] >= lo_t[r]
         score = None
         if use_bound:
-            # (P3) Lagrangian bound of the layers still to come.
-            lb = suffix[i + 1][None, :] - (hi_f[None, :] - c_new) @ lam.T + (lo_f[None, :] - c_new) @ mu.T  # (S, M)
-            score = w_new + lb.max(axis=1)
+            # (P3) Lagrangian bound of the layers still to come; separable into a state and a variant part.
+            key_s = w_states[:, None] + c_states @ (lam - mu).T  # (S, M)
+            key_j = wj[:, None] + cj @ (lam - mu).T + (sb[i + 1] - lam @ hi_f + mu @ lo_f)[None, :]
+            score = (key_j[:, None, :] + key_s[None, :, :]).max(axis=2)
             ok &= score <= ub + eps
-        idx = np.nonzero(ok)[0]
-        if idx.size == 0:
+        flat = np.nonzero(ok.ravel())[0]
+        pos, st = np.divmod(flat, n_s)
+        c_new, w_new = cj[pos] + c_states[st], wj[pos] + w_states[st]
+        if suffix and np.isfinite(ub) and flat.size:
+            for bound in suffix:  # (P4)
+                room = bound.room - c_new @ bound.coef
+                # A hair of slack: summation error may only weaken the bound, never prune a completion.
+                room += 1e-12 * max(1.0, abs(bound.room))
+                alive = np.nonzero(w_new + bound.tables[i + 1].best_within(room) <= ub + eps)[0]
+                flat, c_new, w_new = flat[alive], c_new[alive], w_new[alive]
+        if flat.size == 0:
             return DPResult(None, np.inf, largest)
-        c_new, w_new, parent, pick = c_new[idx], w_new[idx], parent[idx], pick[idx]
         # (P2) dominance
         keep = nondominated(w_new, c_new @ tmat)
         if beam is not None and keep.size > beam and score is not None:
-            s = score[idx][keep]
+            s = score.ravel()[flat[keep]]
             keep = keep[np.argsort(s, kind="stable")[:beam]]
         c_states, w_states = c_new[keep], w_new[keep]
-        parents.append(parent[keep])
-        picks.append(pick[keep])
+        trail.append((js, flat[keep], n_s))
         largest = max(largest, len(w_states))
         if max_states is not None and largest > max_states:
             raise StateLimit(f"more than {max_states} states at layer {i}")
@@ -342,10 +382,10 @@ def run(
             largest,
             final_c=c_states[final],
             final_w=w_states[final],
-            final_choices=_backtrack_many(parents, picks, final),
+            final_choices=_backtrack(trail, final),
         )
     best = int(np.nonzero(feasible)[0][np.argmin(w_states[feasible])])
-    return DPResult(_backtrack_many(parents, picks, np.array([best]))[0], float(w_states[best]), largest)
+    return DPResult(_backtrack(trail, np.array([best]))[0], float(w_states[best]), largest)
 
 
 def prune_variants(a: Arrays, axis: int | None = None) -> Arrays:
@@ -358,11 +398,12 @@ def prune_variants(a: Arrays, axis: int | None = None) -> Arrays:
     return Arrays(np.where(valid, a.w, np.inf), a.c, valid, a.lo, a.hi, a.tol)
 
 
-def _backtrack_many(parents: list[np.ndarray], picks: list[np.ndarray], final: np.ndarray) -> np.ndarray:
-    n_layers = len(parents)
-    out = np.zeros((len(final), n_layers), dtype=np.int64)
-    state = final
-    for i in range(n_layers - 1, -1, -1):
-        out[:, i] = picks[i][state]
-        state = parents[i][state]
+def _backtrack(trail: list[tuple[np.ndarray, np.ndarray, int]], final: np.ndarray) -> np.ndarray:
+    """(P, L) variant per layer of the given final states, from the per-layer kept candidate indices."""
+    out = np.zeros((len(final), len(trail)), dtype=np.int64)
+    state = np.asarray(final, dtype=np.int64)
+    for i in range(len(trail) - 1, -1, -1):
+        js, kept, n_s = trail[i]
+        pos, state = np.divmod(kept[state], n_s)
+        out[:, i] = js[pos]
     return out
