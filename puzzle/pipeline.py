@@ -30,7 +30,7 @@ from puzzle.data import atomic_write_text, cached_tokens, load_tokenizer, read_c
 from puzzle.errors import InfeasibleError
 from puzzle.gkd import GKDConfig
 from puzzle.presets import Preset, get_preset
-from puzzle.progress import NullProgress, ProgressSink
+from puzzle.progress import NullProgress, ProgressSink, StepProgress
 from puzzle.space import AttentionOptions, FFNOptions, MambaOptions, SearchSpace
 from puzzle.store import ResultStore, key_digest
 
@@ -145,21 +145,11 @@ class DemoResult:
 def _train_parent(cfg: DemoConfig, out: Path, progress: ProgressSink, status: Callable[[str], None]) -> Path:
     from puzzle.train import train_parent
 
-    started = False
-
-    def on_step(info: Any) -> None:
-        nonlocal started
-        if not started:
-            progress.start("train parent", info.total)
-            progress.advance("train parent", info.step - 1)
-            started = True
-        progress.advance("train parent")
-
+    on_step = StepProgress(progress, "train parent")
     result = train_parent(
         cfg.get_preset(), out / "parent", cfg.corpus, steps=cfg.train_steps, on_step=on_step, on_status=status
     )
-    if started:
-        progress.finish("train parent")
+    on_step.finish()
     if result.reused:
         status(f"reusing the parent trained in {out / 'parent'}")
     return out / "parent"
@@ -262,22 +252,11 @@ def _child(ctx: _Context, layers: Sequence[str], gkd: bool, need_model: bool) ->
     child = assemble(ctx.library, ctx.out / "library", layers, parent=ctx.parent)
     record: dict[str, Any] = {}
     if gkd:
-        stage = f"gkd {arch_key[:8]}"
-        started = False
-
-        def on_step(info: Any) -> None:
-            nonlocal started
-            if not started:
-                ctx.progress.start(stage, info.total)
-                ctx.progress.advance(stage, info.step - 1)
-                started = True
-            ctx.progress.advance(stage)
-
+        on_step = StepProgress(ctx.progress, f"gkd {arch_key[:8]}")
         result = run_gkd(
             child, ctx.parent, ctx.gkd_rows, ctx.cfg.gkd, checkpoint_dir=ctx.out / "gkd" / arch_key, on_step=on_step
         )
-        if started:
-            ctx.progress.finish(stage)
+        on_step.finish()
         record["gkd"] = {k: v for k, v in result.to_dict().items() if k != "losses"}
         record["gkd"]["loss_first"] = result.losses[0] if result.losses else None
         record["gkd"]["loss_last"] = result.losses[-1] if result.losses else None

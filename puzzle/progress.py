@@ -76,3 +76,23 @@ class RichProgress:
     def finish(self, stage: str) -> None:
         task, total = self._tasks[stage]
         self._progress.update(task, completed=total)
+
+
+class StepProgress:
+    """``on_step(info)`` for a training loop (``info.step`` 1-based of ``info.total``) that drives one stage of a
+    sink; the steps a resumed run skips count as done. Call ``finish()`` after the loop (a no-op if no step ran,
+    e.g. a finished run that was reused)."""
+
+    def __init__(self, sink: ProgressSink, stage: str) -> None:
+        self.sink, self.stage, self.started = sink, stage, False
+
+    def __call__(self, info: Any) -> None:
+        if not self.started:
+            self.sink.start(self.stage, info.total)
+            self.sink.advance(self.stage, info.step - 1)
+            self.started = True
+        self.sink.advance(self.stage)
+
+    def finish(self) -> None:
+        if self.started:
+            self.sink.finish(self.stage)

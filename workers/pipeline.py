@@ -89,18 +89,10 @@ def _parent(ctx: JobContext, spec: PipelineJobCreate, work: Path) -> Path:
         ctx.progress("parent", 1, 1)
         return folder
     from puzzle.presets import get_preset
+    from puzzle.progress import StepProgress
     from puzzle.train import train_parent
 
-    sink = StageProgress(ctx, "parent")
-    started = False
-
-    def on_step(info: Any) -> None:
-        nonlocal started
-        if not started:
-            sink.start("train", info.total)
-            sink.advance("train", info.step - 1)
-            started = True
-        sink.advance("train")
+    on_step = StepProgress(StageProgress(ctx, "parent"), "train")
 
     result = train_parent(
         get_preset(spec.parent),
@@ -110,8 +102,8 @@ def _parent(ctx: JobContext, spec: PipelineJobCreate, work: Path) -> Path:
         on_step=on_step,
         on_status=lambda message: ctx.log(f"parent: {message}"),
     )
-    if started:
-        sink.finish("train")
+    if on_step.started:
+        on_step.finish()
     else:
         ctx.progress("parent/train", result.steps, result.steps)  # reused a finished parent
     return work / "parent"
