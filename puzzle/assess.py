@@ -55,7 +55,7 @@ def kl_to_parent(
     total, count = 0.0, 0
     child.eval()
     parent.eval()
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: its cached RoPE tables could not be trained through later
         for batch in batches:
             ids = torch.from_numpy(batch[:, :-1].astype(np.int64))  # (B, T)
             logp = F.log_softmax(parent(ids).float(), dim=-1)  # (B, T, V)

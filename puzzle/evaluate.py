@@ -66,7 +66,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: its cached RoPE tables could not be trained through later
             for i, batch in enumerate(batches):
                 ids = torch.from_numpy(batch.astype(np.int64))  # (B, T + 1)
                 logits = logits_of(model(ids[:, :-1]))  # (B, T, V)

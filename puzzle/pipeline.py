@@ -8,7 +8,9 @@ Stages (each output keyed by what produced it, written atomically; a re-run redo
 4. children  for each budget (90/70/50 % of the parent's predicted latency): the MIP choice (Puzzle), uniform
              width, depth pruning and greedy; each assembled from the library, evaluated (held-out perplexity,
              KL to the parent, measured vs predicted latency), then healed by GKD with the same token budget
-             and evaluated again                                                    ``OUT/results``, ``OUT/gkd``
+             and evaluated again; a GKD result is kept only if it lowers KL to the parent on a validation
+             slice of the held-out text disjoint from the evaluation slice (else the child ships as
+             assembled, ``gkd.kept`` false in its record)                        ``OUT/results``, ``OUT/gkd``
 5. export    the Puzzle+GKD child of every budget as a HF directory               ``OUT/export/puzzle-NN``
 6. report    ``OUT/report.json`` (rows: budget, method, perplexity, kl, measured_latency_ms,
              predicted_latency_ms, ...) and ``OUT/frontier.html`` (plotly, plotly.js inline)
@@ -92,6 +94,7 @@ class DemoConfig:
             "gkd": self.gkd.to_dict(),
             "eval": [self.eval_sequences, self.eval_seq_len],
             "latency_repeats": self.latency_repeats,
+            "gkd_kept_if": "validation KL improves",
         }
 
 
@@ -221,6 +224,7 @@ class _Context:
     scenario: str
     parent: CausalLM
     eval_tokens: np.ndarray
+    val_tokens: np.ndarray | None  # held-out tokens disjoint from eval_tokens: keeps GKD only where it helps
     gkd_rows: np.ndarray
     store: ResultStore
     progress: ProgressSink
@@ -252,14 +256,24 @@ def _child(ctx: _Context, layers: Sequence[str], gkd: bool, need_model: bool) ->
     child = assemble(ctx.library, ctx.out / "library", layers, parent=ctx.parent)
     record: dict[str, Any] = {}
     if gkd:
+        from puzzle.assess import kl_to_parent
+
+        seq = ctx.cfg.eval_seq_len
+        before = None if ctx.val_tokens is None else kl_to_parent(child, ctx.parent, ctx.val_tokens, seq)
+        raw_state = {k: v.detach().clone() for k, v in child.state_dict().items()}
         on_step = StepProgress(ctx.progress, f"gkd {arch_key[:8]}")
         result = run_gkd(
             child, ctx.parent, ctx.gkd_rows, ctx.cfg.gkd, checkpoint_dir=ctx.out / "gkd" / arch_key, on_step=on_step
         )
         on_step.finish()
+        after = None if ctx.val_tokens is None else kl_to_parent(child, ctx.parent, ctx.val_tokens, seq)
+        kept = before is None or after is None or after < before
+        if not kept:  # GKD made this child worse on the validation text: ship the child as assembled
+            child.load_state_dict(raw_state)
         record["gkd"] = {k: v for k, v in result.to_dict().items() if k != "losses"}
         record["gkd"]["loss_first"] = result.losses[0] if result.losses else None
         record["gkd"]["loss_last"] = result.losses[-1] if result.losses else None
+        record["gkd"] |= {"validation_kl_before": before, "validation_kl_after": after, "kept": kept}
     if stored is not None:
         return stored, child
     record |= _evaluate(ctx, child, layers)
@@ -384,10 +398,24 @@ def run_demo(
     preset = cfg.get_preset()
     train_docs, held_docs = split_corpus(read_corpus(cfg.corpus), preset.train.held_out_fraction)
     held = cached_tokens(held_docs, tokenizer, "held_out", cache_dir)
-    eval_tokens = held[: cfg.eval_sequences * cfg.eval_seq_len + 1]
+    n_eval = cfg.eval_sequences * cfg.eval_seq_len + 1
+    eval_tokens = held[:n_eval]
+    val_tokens = held[-n_eval:] if len(held) >= 2 * n_eval else None
+    if val_tokens is None:
+        status(f"held-out text too short for a validation slice ({len(held)} tokens): GKD results kept as trained")
     gkd_rows = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache_dir), cfg.gkd.seq_len)
     ctx = _Context(
-        cfg, out, library, scenario, parent, eval_tokens, gkd_rows, ResultStore(out / "results"), progress, status
+        cfg,
+        out,
+        library,
+        scenario,
+        parent,
+        eval_tokens,
+        val_tokens,
+        gkd_rows,
+        ResultStore(out / "results"),
+        progress,
+        status,
     )
 
     parent_names = [layer.parent.name for layer in library.layers]

@@ -70,6 +70,19 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path) -> None:
         if r["method"] != "parent" and r["predicted_latency_ms"] is not None:
             assert r["predicted_latency_ms"] <= r["budget"] * parent_row["predicted_latency_ms"] * (1 + 1e-9)
             assert r["perplexity"] > 1 and r["kl"] >= 0
+    # GKD is kept only where it lowers validation KL; otherwise the +gkd child is the assembled one
+    by_key = {(r["budget"], r["method"]): r for r in rows}
+    gkd_records = [
+        json.loads(f.read_text())["value"] for f in (out / "results").iterdir() if f.name.startswith("child_")
+    ]
+    gkd_records = [r["gkd"] for r in gkd_records if "gkd" in r]
+    assert gkd_records and all(isinstance(g["kept"], bool) for g in gkd_records)
+    for g in gkd_records:
+        assert g["kept"] == (g["validation_kl_after"] < g["validation_kl_before"])
+    for (budget, method), row in by_key.items():
+        if method.endswith("+gkd") and row["perplexity"] is not None:
+            raw = by_key[(budget, method.removesuffix("+gkd"))]
+            assert row["kl"] <= raw["kl"] * 1.5 + 1e-3  # never far worse than the child it started from
     html = (out / "frontier.html").read_text()
     assert '<script src="http' not in html and len(html) > 1_000_000  # plotly.js inlined, no CDN
     for budget, path in result.exports.items():
