@@ -208,6 +208,37 @@ def _split(n: int, val_fraction: float) -> tuple[slice, slice]:
     return slice(0, n - n_val), slice(n - n_val, n)
 
 
+def _fit(
+    child: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    steps: int,
+    lr: float,
+    cfg: BLDConfig,
+) -> list[float]:
+    """``steps`` AdamW steps (warm-up then cosine decay to 10 %) on the NMSE of the block's residual output."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))),
+    )
+    losses = []
+    child.train()
+    for _ in range(steps):
+        idx = torch.randint(0, x_train.shape[0], (min(cfg.batch, x_train.shape[0]),), generator=gen)
+        x, y = x_train[idx], y_train[idx]
+        loss = normalized_mse(child(x) - x, y - x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    child.eval()
+    return losses
+
+
 @torch.no_grad()
 def evaluate_nmse(block: nn.Module, h_in: torch.Tensor, h_out: torch.Tensor, *, batch: int = 16) -> float:
     num = den = 0.0
@@ -245,27 +276,15 @@ def distill_block(
     init_state = {k: v.clone() for k, v in child.state_dict().items()}
     seq = h_in.shape[1]
     steps = math.ceil(cfg.tokens / (cfg.batch * seq)) if params else 0
-    gen = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
-    if steps:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))),
-        )
-        child.train()
-        for _ in range(steps):
-            idx = torch.randint(0, x_train.shape[0], (min(cfg.batch, x_train.shape[0]),), generator=gen)
-            x, y = x_train[idx], y_train[idx]
-            loss = normalized_mse(child(x) - x, y - x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        child.eval()
-    reverted = bool(steps) and evaluate_nmse(child, x_train[probe], y_train[probe]) >= train_before
-    if reverted:  # a near-perfect init (e.g. only dead channels pruned) that Adam's first steps only perturb
+    reverted = False
+    # A near-perfect init (e.g. only dead channels pruned) can be perturbed by Adam's first steps at the
+    # configured rate: then retry once at a tenth of it, and keep the init if that does not help either.
+    for lr in (cfg.lr, cfg.lr / 10) if steps else ():
+        losses = _fit(child, params, x_train, y_train, steps, lr, cfg)
+        reverted = evaluate_nmse(child, x_train[probe], y_train[probe]) >= train_before
+        if not reverted:
+            break
         child.load_state_dict(init_state)
     after = evaluate_nmse(child, h_in[val], h_out[val])
     for p in child.parameters():
