@@ -73,24 +73,32 @@ def test_latency_measurement_and_decode_with_cache() -> None:
 
 def test_blocks_are_timed_in_chains_with_the_scenarios_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
     import puzzle.cost
+    import puzzle.distill
 
-    seen = []
-    real = puzzle.cost.time_ms
+    threads, calls, built = [], [], []
+    real_time, real_build = puzzle.cost.time_ms, puzzle.distill.build_block
 
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
+    def time_spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(torch.get_num_threads())
+        return real_time(*args, **kwargs)
 
-    monkeypatch.setattr(puzzle.cost, "time_ms", spy)
+    def build_spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        block = real_build(*args, **kwargs)
+        built.append(block)
+        block.register_forward_hook(lambda module, _in, _out: calls.append(id(module)))
+        return block
+
+    monkeypatch.setattr(puzzle.cost, "time_ms", time_spy)
+    monkeypatch.setattr(puzzle.distill, "build_block", build_spy)
     arch = small_llama()
     scenario = Scenario("p", "prefill", 2, 16, "cpu", "float32", threads=1)
     before = torch.get_num_threads()
-    one = measure_block(arch, arch.blocks[0], (scenario,), warmup=1, repeats=3)
-    four = measure_block(arch, arch.blocks[0], (scenario,), warmup=1, repeats=3, copies=4)
-    assert seen == [1, 1] and torch.get_num_threads() == before  # timed with 1 thread, count restored
-    # per-instance time of a chain of 4: the same order as one instance, not four times it
-    assert 0 < four["p"]["runtime_ms"] < 3 * one["p"]["runtime_ms"] + 1.0
-    assert four["p"]["memory_mib"] == one["p"]["memory_mib"]
+    out = measure_block(arch, arch.blocks[0], (scenario,), warmup=1, repeats=3, copies=4)
+    assert threads == [1] and torch.get_num_threads() == before  # timed with 1 thread, count restored
+    timed = {id(b) for b in built if next(b.parameters()).device.type != "meta"}  # not the parameter count's
+    assert len(timed) == 4  # four independent copies
+    assert sorted(calls) == sorted([i for i in timed for _ in range(1 + 3)])  # each ran once per (warm-up) call
+    assert out["p"]["runtime_ms"] > 0 and out["p"]["memory_mib"] > 0
 
 
 def test_scenario_threads_round_trip_and_validation() -> None:
