@@ -186,7 +186,14 @@ def build_library(
     config: BuildConfig | None = None,
 ) -> BlockLibrary:
     """Build (or finish building) the block library of the parent in ``parent_dir`` into ``out_dir``."""
-    from puzzle.cost import default_scenarios, non_block_memory_mib, non_block_params, profile_model_task, profile_task
+    from puzzle.cost import (
+        PROFILE_VERSION,
+        default_scenarios,
+        non_block_memory_mib,
+        non_block_params,
+        profile_model_task,
+        profile_task,
+    )
 
     config = config or BuildConfig()
     executor = executor or LocalExecutor()
@@ -270,9 +277,10 @@ def build_library(
     sc_dicts = [s.to_dict() for s in scenarios]
     copies = config.profile_copies or min(len(arch.blocks), 8)
     prof_args = (config.device, config.warmup, config.repeats)
+    version = PROFILE_VERSION
     profile_tasks = [
         Task(
-            f"profile/{key_digest(arch.hidden_size, arch.rope.to_dict(), s.to_dict(), sc_dicts, prof_args, copies)}",
+            f"profile/{key_digest(arch.hidden_size, arch.rope.to_dict(), s.to_dict(), sc_dicts, prof_args, copies, version)}",
             profile_task,
             (arch.to_dict(), [s.to_dict()], sc_dicts, *prof_args, copies),
             num_cpus=executor.max_task_cpus,
@@ -281,7 +289,7 @@ def build_library(
     ]
     profile_tasks.append(
         Task(
-            f"profile/model/{key_digest(prep['digest'], sc_dicts, prof_args, 'x3')}",
+            f"profile/model/{key_digest(prep['digest'], sc_dicts, prof_args, 'x3', version)}",
             profile_model_task,
             (str(work), sc_dicts, config.device, config.warmup, 3 * config.repeats),
             num_cpus=executor.max_task_cpus,

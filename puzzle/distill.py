@@ -35,7 +35,7 @@ from puzzle.store import atomic_write_json, key_digest, save_tensors
 # subblock kind (space / BlockSpec field) -> module attribute of puzzle.model.Block
 MODULE = {"mamba": "mamba", "attention": "attn", "ffn": "ffn"}
 # bump when the init or training algorithm changes, so stored units are not reused across versions
-BLD_VERSION = 2
+BLD_VERSION = 3  # 3: retry a near-perfect init at lr/10 before keeping it
 SPEC_TYPES = {"mamba": MambaSpec, "attention": AttentionSpec, "ffn": FFNSpec}
 
 

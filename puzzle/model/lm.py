@@ -83,12 +83,12 @@ class CausalLM(nn.Module):
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=std)
             elif isinstance(module, Mamba2):
-                _init_mamba(module)
+                init_mamba(module)
             elif isinstance(module, (RMSNorm, GatedRMSNorm)):
                 nn.init.ones_(module.weight)
 
 
-def _init_mamba(m: Mamba2, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
+def init_mamba(m: Mamba2, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
     m.A_log.copy_(torch.log(torch.arange(1, m.n_heads + 1, dtype=torch.float32)))
     m.D.fill_(1.0)
     dt = torch.exp(torch.rand(m.n_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
