@@ -167,8 +167,16 @@ def _build_library(
 
     lib_dir = out / "library"
     stamp = lib_dir / "demo_key.json"
+    from puzzle.cost import PROFILE_VERSION
+    from puzzle.distill import BLD_VERSION
+
     key = key_digest(
-        cfg.space.to_dict(), cfg.build.to_dict(), cfg.corpus, (parent_dir / "train_summary.json").read_text()
+        cfg.space.to_dict(),
+        cfg.build.to_dict(),
+        cfg.corpus,
+        (parent_dir / "train_summary.json").read_text(),
+        BLD_VERSION,
+        PROFILE_VERSION,
     )
     if (lib_dir / "library.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
         status(f"reusing the block library in {lib_dir}")
