@@ -50,6 +50,13 @@ def tiny_inputs(settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     return "tiny-parent", "tiny-text"
 
 
+@pytest.fixture(autouse=True)
+def _no_earlier_pipeline_work(settings: Settings) -> None:
+    """Job ids restart at 1 in every test (the jobs table is truncated), so an earlier test's ``job-1`` work
+    folder would be taken for this job's: start each test without any."""
+    shutil.rmtree(settings.artifacts / "pipelines", ignore_errors=True)
+
+
 def _progress(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, int]]]:
     out: dict[str, list[tuple[int, int]]] = {}
     for e in events:
@@ -165,7 +172,8 @@ def test_pipeline_job_resumes_after_its_worker_is_killed(
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if any(results.rglob("*.json")):
+            running = client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "running"
+            if running and any(results.rglob("*.json")):
                 break
             assert proc.poll() is None, "the worker exited before storing any result"
             time.sleep(0.05)
