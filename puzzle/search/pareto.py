@@ -188,13 +188,7 @@ def nondominated(w: np.ndarray, d: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if dims == 1:
-        # Sort by the cost (stable: runs from the expansion are already sorted), then keep strict W improvements.
-        order = np.argsort(d[:, 0], kind="stable")
-        ws = w[order]
-        running = np.minimum.accumulate(ws)
-        keep = np.ones(n, dtype=bool)
-        keep[1:] = ws[1:] < running[:-1]
-        return order[keep]
+        return staircase_points(d[:, 0], w)[0]  # by the cost ascending, W strictly improving
     # By W (stable: the expansion's runs are already W-sorted); ties in W also by the costs, so that an
     # earlier state is never dominated by a later one.
     order = np.argsort(w, kind="stable")
