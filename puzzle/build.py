@@ -278,6 +278,7 @@ def build_library(
     copies = config.profile_copies or min(len(arch.blocks), 8)
     prof_args = (config.device, config.warmup, config.repeats)
     version = PROFILE_VERSION
+    model_repeats = 3 * config.repeats  # the whole parent is the one reference the additivity error rests on
     profile_tasks = [
         Task(
             f"profile/{key_digest(arch.hidden_size, arch.rope.to_dict(), s.to_dict(), sc_dicts, prof_args, copies, version)}",
@@ -289,9 +290,9 @@ def build_library(
     ]
     profile_tasks.append(
         Task(
-            f"profile/model/{key_digest(prep['digest'], sc_dicts, prof_args, 'x3', version)}",
+            f"profile/model/{key_digest(prep['digest'], sc_dicts, prof_args, model_repeats, version)}",
             profile_model_task,
-            (str(work), sc_dicts, config.device, config.warmup, 3 * config.repeats),
+            (str(work), sc_dicts, config.device, config.warmup, model_repeats),
             num_cpus=executor.max_task_cpus,
         )
     )
