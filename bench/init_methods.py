@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from puzzle.arch import AttentionSpec, FFNSpec
-from puzzle.build import BuildConfig, prepare
-from puzzle.distill import BLDConfig, bld_task
+from puzzle.library.build import BuildConfig, prepare
+from puzzle.library.distill import BLDConfig, bld_task
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import statistics
 import sys
 
-from puzzle.build import load_report
 from puzzle.library import BlockLibrary
+from puzzle.library.build import load_report
 
 
 def _ranks(values: list[float]) -> list[float]:

@@ -2,7 +2,7 @@
 
     python bench/quality.py [--out runs/quality] [--steps N] [--bld-tokens N] [--gkd-tokens N] [--executor ray]
 
-Runs the demo pipeline (``puzzle.pipeline.run_demo``: train or reuse the parent, build its library, search,
+Runs the demo pipeline (``puzzle.pipeline.demo.run_demo``: train or reuse the parent, build its library, search,
 GKD, evaluate) for ``tiny-llama`` and ``tiny-hybrid`` into ``OUT/<preset>`` (finished stages are reused),
 then prints per budget and method: held-out perplexity (and its ratio to the parent's), KL to the parent,
 measured vs predicted latency. Closes with the goal check: Puzzle(+GKD) beats every baseline (same GKD
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from puzzle.pipeline import DemoConfig, DemoResult, run_demo
+from puzzle.pipeline.demo import DemoConfig, DemoResult, run_demo
 from puzzle.presets import Preset
 
 PRESETS = ("tiny-llama", "tiny-hybrid")

@@ -19,9 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from puzzle.errors import PuzzleError
-from puzzle.library import import_nvlabs, shared_data_dir
+from puzzle.library import import_nvlabs
 from puzzle.search import frontier, greedy, solve
-from puzzle.search.synthetic import decoupled_library
+from tests.search.synthetic import decoupled_library
+from tests.shared_data import shared_data_dir
 
 BUDGETS = (90, 70, 50, 30)
 

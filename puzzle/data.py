@@ -22,9 +22,7 @@ import hashlib
 import json
 import os
 import sysconfig
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from puzzle.errors import DataError
+from puzzle.files import atomic_path, write_text
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -267,8 +266,8 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike[str], *, m
         "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
     }
-    atomic_write_text(directory / "tokenizer.json", tokenizer.to_str(pretty=True))
-    atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    write_text(directory / "tokenizer.json", tokenizer.to_str(pretty=True))
+    write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
 
 # --- tokens, packing, cache ------------------------------------------------------------------------------
@@ -347,32 +346,6 @@ def pack_tensor(tokens: np.ndarray, seq_len: int) -> np.ndarray:
             "use a larger corpus or a shorter --seq-len"
         )
     return np.stack(rows).astype(np.int64)
-
-
-# --- atomic files ---------------------------------------------------------------------------------------
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """``with atomic_path(file) as tmp: write tmp`` — ``file`` appears whole (renamed on success) or not at all."""
-    target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the final file the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def iter_batches(rows: np.ndarray, batch_size: int, seed: int, start_step: int = 0) -> Iterator[np.ndarray]:

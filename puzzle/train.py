@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from puzzle.data import (
-    atomic_path,
-    atomic_write_text,
     cached_tokens,
     eos_id,
     iter_batches,
@@ -37,6 +35,7 @@ from puzzle.data import (
     train_bpe,
 )
 from puzzle.errors import ConfigError, DataError
+from puzzle.files import atomic_path, write_text
 from puzzle.presets import Preset, TrainConfig
 
 if TYPE_CHECKING:
@@ -221,7 +220,7 @@ def train_parent(
     )
     status("writing the Hugging Face directory")
     export_parent(model, state_dir, out)
-    atomic_write_text(out / SUMMARY, json.dumps({"run_key": run_key, "result": result.to_dict()}, indent=2) + "\n")
+    write_text(out / SUMMARY, json.dumps({"run_key": run_key, "result": result.to_dict()}, indent=2) + "\n")
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
 
@@ -240,7 +239,7 @@ def export_parent(model: torch.nn.Module, tokenizer_dir: Path, out: Path) -> Non
     config = json.loads(config_file.read_text())
     eos = eos_id(load_tokenizer(out))
     config.update(bos_token_id=eos, eos_token_id=eos)
-    atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
+    write_text(config_file, json.dumps(config, indent=2) + "\n")
 
 
 def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from puzzle.errors import LibraryError
-from puzzle.library import BlockLibrary, import_nvlabs, write_atomic
+from puzzle.files import write_text
+from puzzle.library import BlockLibrary, import_nvlabs
 from service.artifacts import inside
 
 _CACHE: OrderedDict[tuple[str, str], BlockLibrary] = OrderedDict()
@@ -49,7 +50,7 @@ def store(root: Path, library: BlockLibrary) -> str:
     folder = inside(root, "libraries", digest)
     if not (folder / "library.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / "library.json", library.to_json())
+        write_text(folder / "library.json", library.to_json())
     return relative
 
 

@@ -20,7 +20,7 @@ from service.errors import InvalidInputError
 from service.schemas import PARENT_PRESETS, PipelineJobCreate
 from service.settings import Settings
 
-# Metrics every library built by ``puzzle.build`` has (``puzzle.score``): what a pipeline may optimise.
+# Metrics every library built by ``puzzle.library.build`` has (``puzzle.library.score``): what a pipeline may optimise.
 BUILT_METRICS = ("kl_div", "lm_loss", "cosine")
 
 

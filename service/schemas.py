@@ -112,7 +112,7 @@ SpacePreset = Literal["tiny", "demo", "default"]
 
 
 class PipelineBuild(_Strict):
-    """How the block library is built (``puzzle.build``). The defaults are small: minutes on a CPU."""
+    """How the block library is built (``puzzle.library.build``). The defaults are small: minutes on a CPU."""
 
     space: SpacePreset = Field(
         default="demo",

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from puzzle.progress import RecordingProgress, StepProgress
+from puzzle.progress import StepProgress
+from tests.progress import RecordingProgress
 
 
 def test_step_progress_counts_the_steps_a_resumed_run_skipped() -> None:

@@ -4,14 +4,14 @@ Stages and what they report (``ctx.progress(stage, done, total)``; a stage with 
 
     parent   a preset: ``parent/train`` per optimizer step (resumes from its checkpoint); a directory under
              ``PUZZLE_ARTIFACTS/parents``: ``parent`` 1/1
-    library  ``puzzle.build`` on Ray (``PUZZLE_RAY_ADDRESS`` joins a cluster, else a local one is started):
+    library  ``puzzle.library.build`` on Ray (``PUZZLE_RAY_ADDRESS`` joins a cluster, else a local one is started):
              ``library/prepare``, ``library/distill`` (one unit per BLD training), ``library/score``,
              ``library/profile``, ``library/assemble``; finished units are kept in ``library/work`` and skipped
              when a re-queued job runs again. The library is then stored like an upload (``job.library_id``)
     search   the search a ``search`` job runs, over the built library: ``search/solve`` | ``search/diverse``
              (per pool member) | ``search/frontier``
     export   per exported point: assembled from library weights, written as a Hugging Face directory
-             (``puzzle.export``) and packed as ``point-<k>.tar.gz`` for ``GET /jobs/{id}/export``
+             (``puzzle.child.export``) and packed as ``point-<k>.tar.gz`` for ``GET /jobs/{id}/export``
 
 Everything is written under ``PUZZLE_ARTIFACTS/pipelines/job-<id>`` (see ``service.pipelines``); the job's
 result is the search result plus ``pipeline`` (parent, library, exports).
@@ -22,11 +22,11 @@ from __future__ import annotations
 import os
 import tarfile
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from puzzle.files import atomic_path
 from service import crud, db, pipelines
 from service import libraries as library_store
 from service import search as search_ops
@@ -35,7 +35,7 @@ from service.schemas import PipelineJobCreate
 
 if TYPE_CHECKING:
     from puzzle.library import BlockLibrary
-    from puzzle.space import SearchSpace
+    from puzzle.library.space import SearchSpace
     from workers.runner import JobContext
 
 STAGES = ("parent", "library", "search", "export")
@@ -110,8 +110,8 @@ def _parent(ctx: JobContext, spec: PipelineJobCreate, work: Path) -> Path:
 
 
 def space_preset(name: str) -> SearchSpace:
-    from puzzle.pipeline import demo_space
-    from puzzle.space import AttentionOptions, FFNOptions, MambaOptions, SearchSpace
+    from puzzle.library.space import AttentionOptions, FFNOptions, MambaOptions, SearchSpace
+    from puzzle.pipeline.demo import demo_space
 
     if name == "tiny":
         return SearchSpace(
@@ -121,13 +121,13 @@ def space_preset(name: str) -> SearchSpace:
         )
     if name == "demo":
         return demo_space()
-    return SearchSpace()  # the full default space (puzzle.space.default_space)
+    return SearchSpace()  # the full default space (puzzle.library.space.default_space)
 
 
 def _library(ctx: JobContext, spec: PipelineJobCreate, work: Path, parent_dir: Path) -> BlockLibrary:
-    from puzzle.build import BuildConfig, build_library
-    from puzzle.executor import make_executor
-    from puzzle.pipeline import demo_build_config
+    from puzzle.library.build import BuildConfig, build_library
+    from puzzle.library.executor import make_executor
+    from puzzle.pipeline.demo import demo_build_config
 
     knobs = spec.build
     held_out = knobs.held_out_fraction
@@ -186,8 +186,8 @@ def _register(ctx: JobContext, library: BlockLibrary, work: Path) -> dict[str, A
 def _export(
     ctx: JobContext, spec: PipelineJobCreate, work: Path, parent_dir: Path, library: BlockLibrary, result: dict
 ) -> dict[str, Any]:
-    from puzzle.assemble import assemble, load_parent
-    from puzzle.export import MANIFEST_NAME, build_manifest, export_child, predicted_costs, read_manifest
+    from puzzle.child.assemble import assemble, load_parent
+    from puzzle.child.export import MANIFEST_NAME, build_manifest, export_child, predicted_costs, read_manifest
 
     points = result["points"]
     wanted = list(dict.fromkeys(spec.export_points))
@@ -235,13 +235,8 @@ def _export(
 
 def _pack(folder: Path, archive: Path) -> None:
     """``folder`` as ``archive`` (tar.gz whose top folder is the folder's name), written atomically."""
-    tmp = archive.parent / f".{archive.name}.{uuid.uuid4().hex[:8]}"
-    try:
-        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
-            tar.add(folder, arcname=folder.name)
-        os.replace(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        tar.add(folder, arcname=folder.name)
 
 
 def run_pipeline(ctx: JobContext) -> dict[str, Any]:

@@ -54,8 +54,8 @@ def _eval(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(model_dir)
     seq_len = args.seq_len or _model_max_length(model_dir)
 
+    from puzzle.child.evaluate import evaluate
     from puzzle.cli.progress import batch_bar
-    from puzzle.evaluate import evaluate
     from puzzle.model import load_pretrained
 
     model = load_pretrained(model_dir)

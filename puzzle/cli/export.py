@@ -55,8 +55,8 @@ def _max_constraints(items: list[str]) -> list[str]:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from puzzle.child.export import check_target, export_solution
     from puzzle.errors import ConfigError
-    from puzzle.export import check_target, export_solution
 
     check_target(args.out, force=args.force)
     if args.solution is not None:
@@ -80,7 +80,7 @@ def _export(args: argparse.Namespace) -> int:
     for i, name in enumerate(solution["layers"]):
         print(f"  layer {i:>3}  {name}")
     if args.measure:
-        from puzzle.export import read_manifest
+        from puzzle.child.export import read_manifest
 
         for key, value in read_manifest(out)["measured_costs"].items():
             print(f"  measured {key} = {value:.3f}")

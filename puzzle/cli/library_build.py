@@ -45,12 +45,12 @@ def register(library_subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from puzzle.build import BuildConfig, build_library, with_overrides
     from puzzle.cli.progress import console
     from puzzle.errors import ConfigError
-    from puzzle.executor import make_executor
+    from puzzle.library.build import BuildConfig, build_library, with_overrides
+    from puzzle.library.executor import make_executor
+    from puzzle.library.space import load_space
     from puzzle.progress import RichProgress
-    from puzzle.space import load_space
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")

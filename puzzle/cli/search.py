@@ -137,7 +137,7 @@ def _plot(front, path: str) -> None:
 
     import plotly.graph_objects as go
 
-    from puzzle.library import write_atomic
+    from puzzle.files import write_text
 
     pct = [100 * x / front.parent_axis for x in front.axis_values] if front.parent_axis else list(front.axis_values)
     fig = go.Figure(go.Scatter(x=pct, y=list(front.objectives), mode="lines+markers", line_shape="hv", name="optimal"))
@@ -147,4 +147,4 @@ def _plot(front, path: str) -> None:
         xaxis_title=f"{front.axis} (% of parent)" if front.parent_axis else front.axis,
         yaxis_title=front.metric,
     )
-    write_atomic(Path(path), fig.to_html(include_plotlyjs=True, full_html=True))
+    write_text(Path(path), fig.to_html(include_plotlyjs=True, full_html=True))

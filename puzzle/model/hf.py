@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from puzzle.arch import (
     to_block_configs,
 )
 from puzzle.errors import CheckpointError, ConfigError
+from puzzle.files import replace_dir, staging_dir
 from puzzle.model.lm import CausalLM
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "nemotron_h", "nemotron-nas")
@@ -590,9 +589,7 @@ def save_pretrained(
         tensors["lm_head.weight"] = tensors[hf_tensor_name("embed_tokens.weight", layout)].clone()
     source = Path(tokenizer_dir) if tokenizer_dir is not None else getattr(model, "hf_source", None)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = staging_dir(path)
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         shards = _shards(tensors, max_shard_bytes)
@@ -611,13 +608,7 @@ def save_pretrained(
             for name in TOKENIZER_FILES:
                 if (Path(source) / name).is_file():
                     shutil.copyfile(Path(source) / name, tmp / name)
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -63,7 +63,7 @@ def frontier(
     *,
     scenario: str | None = None,
 ):
-    from puzzle.search.pareto_front import compute_frontier
+    from puzzle.search.pareto.frontier import compute_frontier
 
     return compute_frontier(library, objective, axis, constraints, scenario=scenario)
 

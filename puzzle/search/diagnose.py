@@ -14,17 +14,17 @@ from __future__ import annotations
 import math
 
 from puzzle.errors import InfeasibleError
-from puzzle.search import pareto
 from puzzle.search.problem import Problem
+from puzzle.search.solvers import dp_states
 from puzzle.search.solvers.dp import binding_row
 
 
 def diagnose(problem: Problem) -> InfeasibleError:
     """The ``InfeasibleError`` to raise for an infeasible ``problem`` (binding constraint + best value)."""
-    a = pareto.pad(problem.weights, problem.costs, problem.lower, problem.upper, problem.tolerance)
+    a = dp_states.pad(problem.weights, problem.costs, problem.lower, problem.upper, problem.tolerance)
     try:
         found = binding_row(a)
-    except pareto.StateLimit:
+    except dp_states.StateLimit:
         found = None
     if found is None:
         return InfeasibleError("infeasible: no architecture satisfies the constraints together", constraint=None)

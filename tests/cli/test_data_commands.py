@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from puzzle.child.evaluate import evaluate
 from puzzle.data import encode_corpus, load_tokenizer, read_corpus
-from puzzle.evaluate import evaluate
 from puzzle.model import load_pretrained
 from puzzle.train import train_parent
 from tests.train import tiny

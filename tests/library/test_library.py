@@ -10,7 +10,8 @@ import pytest
 
 from puzzle.arch import AttentionSpec, BlockSpec, FFNSpec
 from puzzle.errors import ConfigError, LibraryError
-from puzzle.library import BlockLibrary, Layer, Scenario, Variant, import_nvlabs, shared_data_dir
+from puzzle.library import BlockLibrary, Layer, Scenario, Variant, import_nvlabs
+from tests.shared_data import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 NVLABS = (shared_data_dir(REPO) or Path("/nonexistent")) / "nvlabs-puzzle-llama-3.3-70b"

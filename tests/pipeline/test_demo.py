@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from puzzle.build import BuildConfig
-from puzzle.distill import BLDConfig
-from puzzle.export import read_manifest
-from puzzle.gkd import GKDConfig
+from puzzle.child.export import read_manifest
+from puzzle.child.gkd import GKDConfig
+from puzzle.library.build import BuildConfig
+from puzzle.library.distill import BLDConfig
 from puzzle.model import load_pretrained
-from puzzle.pipeline import DemoConfig, format_table, run_demo
+from puzzle.pipeline.demo import DemoConfig, format_table, run_demo
 from puzzle.presets import Preset, TrainConfig, tiny_llama
-from puzzle.progress import RecordingProgress
+from tests.progress import RecordingProgress
 
 
 def _corpus(root: Path) -> Path:
@@ -104,8 +104,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path) -> None:
     assert "train parent" not in again.totals and not any(s.startswith("gkd ") and again.done[s] for s in again.totals)
     assert [r.perplexity for r in second.rows] == [r.perplexity for r in result.rows]
     # the exported child is the GKD-healed one: its perplexity row matches a fresh evaluation of the export
+    from puzzle.child.evaluate import evaluate
     from puzzle.data import cached_tokens, load_tokenizer, read_corpus, split_corpus
-    from puzzle.evaluate import evaluate
 
     path = result.exports[f"{cfg.budgets[1]:g}"]
     tok = load_tokenizer(out / "parent")

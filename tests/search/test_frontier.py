@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from puzzle.errors import ConfigError, InfeasibleError
-from puzzle.library import import_nvlabs, shared_data_dir
-from puzzle.search import build_problem, frontier, pareto, pareto_front, solve
+from puzzle.library import import_nvlabs
+from puzzle.search import build_problem, frontier, solve
+from puzzle.search.pareto import frontier as pareto_front
+from puzzle.search.pareto.staircase import staircase_dp, suffix_tables
 from puzzle.search.problem import cost_column
-from puzzle.search.staircase import staircase_dp, suffix_tables
-from puzzle.search.synthetic import decoupled_library, random_library
+from puzzle.search.solvers import dp_states as pareto
+from tests.search.synthetic import decoupled_library, random_library
+from tests.shared_data import shared_data_dir
 
 BOUNDS = [
     [],

@@ -12,7 +12,7 @@ import pytest
 
 from puzzle.errors import ConfigError, InfeasibleError
 from puzzle.search import SOLVER_NAMES, build_problem, diverse, frontier, greedy, parse_constraint, solve
-from puzzle.search.synthetic import decoupled_library, random_library
+from tests.search.synthetic import decoupled_library, random_library
 
 REPO = Path(__file__).resolve().parents[2]
 

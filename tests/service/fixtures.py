@@ -17,10 +17,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from puzzle.arch import AttentionSpec, BlockSpec, FFNSpec
-from puzzle.library import BlockLibrary, Layer, Scenario, Variant, shared_data_dir
+from puzzle.library import BlockLibrary, Layer, Scenario, Variant
 from service import db
 from service.main import create_app
 from service.settings import Settings
+from tests.shared_data import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("PUZZLE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

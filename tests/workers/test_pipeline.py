@@ -20,12 +20,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from puzzle.assemble import assemble
-from puzzle.build import load_report
+from puzzle.child.assemble import assemble
 from puzzle.library import BlockLibrary
+from puzzle.library.build import load_report
 from puzzle.model import load_pretrained
 from service.settings import Settings
-from tests.builder import make_corpus, make_parent
+from tests.library import make_corpus, make_parent
 from tests.service.fixtures import REPO
 from workers.runner import Worker
 

@@ -1,4 +1,4 @@
-"""The default exact solver: Lagrangian reduced-cost fixing, then Pareto DP (``puzzle.search.pareto``).
+"""The default exact solver: Lagrangian reduced-cost fixing, then Pareto DP (``puzzle.search.solvers.dp_states``).
 
 For multipliers nu (lam = max(nu, 0) on upper rows, mu = max(-nu, 0) on lower rows) let
     g(nu)      = sum_i min_j (w[i,j] + nu . c[:,i,j]) - lam . hi' + mu . lo'      (the Lagrangian dual)
@@ -6,7 +6,7 @@ For multipliers nu (lam = max(nu, 0) on upper rows, mu = max(-nu, 0) on lower ro
 Every feasible x satisfies
     (R) W(x) = g + sum_i rc[i, x_i] + lam . (hi' - C(x)) + mu . (C(x) - lo')  >=  g + sum_i rc[i, x_i]
 so an x with W(x) <= g + delta uses only variants with rc <= delta. The solver:
-    1. maximises g by coordinate ascent (``pareto.dual_ascent``);
+    1. maximises g by coordinate ascent (``dp_states.dual_ascent``);
     2. picks delta (from a feasible Lagrangian assignment when one exists, else small) and keeps only the
        variants with rc <= delta; layers left with one variant are fixed and folded into the bounds;
     3. runs the exact DP on what is left with bound pruning at UB = g + delta;
@@ -23,10 +23,9 @@ from dataclasses import replace
 import numpy as np
 
 from puzzle.errors import ConfigError, InfeasibleError
-from puzzle.search import pareto
 from puzzle.search.problem import Problem
 from puzzle.search.solution import Solution, make_solution
-from puzzle.search.solvers import Solver
+from puzzle.search.solvers import Solver, dp_states
 
 MAX_STATES = 20_000  # beyond this the DP hands the problem to a MIP backend
 
@@ -42,7 +41,7 @@ class DPSolver(Solver):
         start = time.perf_counter()
         try:
             choices, info = solve_arrays(problem)
-        except pareto.StateLimit as exc:
+        except dp_states.StateLimit as exc:
             # Rare shapes (several lower-bounded rows, flat objectives) defeat the pruning: hand over to HiGHS.
             from puzzle.search.solvers.mathopt import HighsSolver
 
@@ -57,11 +56,11 @@ class DPSolver(Solver):
 
 def solve_arrays(problem: Problem) -> tuple[np.ndarray | None, dict]:
     """``(choices, info)`` of an optimal assignment, or ``(None, info)`` when none is feasible."""
-    a = pareto.pad(problem.weights, problem.costs, problem.lower, problem.upper, problem.tolerance)
+    a = dp_states.pad(problem.weights, problem.costs, problem.lower, problem.upper, problem.tolerance)
     return solve_padded(a)
 
 
-def solve_padded(a: pareto.Arrays) -> tuple[np.ndarray | None, dict]:
+def solve_padded(a: dp_states.Arrays) -> tuple[np.ndarray | None, dict]:
     hi_t = np.where(np.isfinite(a.hi), a.hi + a.tol, np.inf)
     lo_t = np.where(np.isfinite(a.lo), a.lo - a.tol, -np.inf)
     cmin = np.where(a.valid[:, :, None], a.c, np.inf).min(axis=1).sum(axis=0)
@@ -73,8 +72,8 @@ def solve_padded(a: pareto.Arrays) -> tuple[np.ndarray | None, dict]:
     w_min = float(np.nansum(np.nanmin(w_valid, axis=1)))
     eps = 1e-9 * max(1.0, float(np.nansum(np.nanmax(np.abs(w_valid), axis=1))))
 
-    nu = pareto.dual_ascent(a)
-    g, _ = pareto.dual_value(a, nu)
+    nu = dp_states.dual_ascent(a)
+    g, _ = dp_states.dual_value(a, nu)
     info: dict = {"dual_bound": g}
     if g > w_max + eps:
         return None, {**info, "reason": "Lagrangian bound exceeds every architecture"}
@@ -101,7 +100,7 @@ def solve_padded(a: pareto.Arrays) -> tuple[np.ndarray | None, dict]:
         delta = max(min(2.0 * delta, known), floor)
 
 
-def _start_gap(a: pareto.Arrays, rc: np.ndarray) -> float:
+def _start_gap(a: dp_states.Arrays, rc: np.ndarray) -> float:
     """A first delta that frees about an eighth of the layers (rounds then double it)."""
     second = np.sort(np.where(a.valid, rc, np.inf), axis=1)[:, 1] if a.w.shape[1] > 1 else np.array([np.inf])
     second = second[np.isfinite(second)]
@@ -123,7 +122,7 @@ def _initial_gap(a, nu, g, hi_t, lo_t) -> float:
 
 
 def _reduced_dp(
-    a: pareto.Arrays, keep: np.ndarray, ub: float, nu: np.ndarray, beam: int | None = None
+    a: dp_states.Arrays, keep: np.ndarray, ub: float, nu: np.ndarray, beam: int | None = None
 ) -> tuple[np.ndarray | None, float, int]:
     """Exact DP over the kept variants; single-variant layers are fixed and folded into the bounds."""
     counts = keep.sum(axis=1)
@@ -141,18 +140,18 @@ def _reduced_dp(
         ok = np.all(c0 <= hi_t) and np.all(c0 >= lo_t)
         return (choices, w0, 1) if ok else (None, np.inf, 1)
     sub_w = np.where(keep[free], a.w[free], np.inf)
-    sub = pareto.Arrays(sub_w, a.c[free], keep[free], a.lo - c0, a.hi - c0, a.tol)
-    res = pareto.run(sub, ub=ub - w0, nus=nu[None, :], beam=beam, max_states=MAX_STATES)
+    sub = dp_states.Arrays(sub_w, a.c[free], keep[free], a.lo - c0, a.hi - c0, a.tol)
+    res = dp_states.run(sub, ub=ub - w0, nus=nu[None, :], beam=beam, max_states=MAX_STATES)
     if res.choices is None:
         return None, np.inf, res.states
     choices[free] = res.choices
     return choices, w0 + res.value, res.states
 
 
-def extreme_row(a: pareto.Arrays, k: int, rows: list[int], *, minimise: bool) -> float | None:
+def extreme_row(a: dp_states.Arrays, k: int, rows: list[int], *, minimise: bool) -> float | None:
     """min (or max) of row k's block total subject to the bounds of ``rows`` (None if those are infeasible)."""
     sign = 1.0 if minimise else -1.0
-    sub = pareto.Arrays(
+    sub = dp_states.Arrays(
         np.where(a.valid, sign * a.c[:, :, k], np.inf), a.c[:, :, rows], a.valid, a.lo[rows], a.hi[rows], a.tol[rows]
     )
     choices, _ = solve_padded(sub)
@@ -161,7 +160,7 @@ def extreme_row(a: pareto.Arrays, k: int, rows: list[int], *, minimise: bool) ->
     return float(a.c[np.arange(a.w.shape[0]), choices, k].sum())
 
 
-def binding_row(a: pareto.Arrays) -> tuple[int, list[int], float, float] | None:
+def binding_row(a: dp_states.Arrays) -> tuple[int, list[int], float, float] | None:
     """The first row (in order) whose bounds cannot be met together with the rows before it.
 
     Returns ``(k, rows before it, min of row k, max of row k)`` subject to those rows, or None when every row
@@ -177,7 +176,7 @@ def binding_row(a: pareto.Arrays) -> tuple[int, list[int], float, float] | None:
             return k, rows, low, high
         if np.isfinite(a.hi[k]) and np.isfinite(a.lo[k]):
             both = [*rows, k]
-            sub = pareto.Arrays(
+            sub = dp_states.Arrays(
                 np.where(a.valid, 0.0, np.inf), a.c[:, :, both], a.valid, a.lo[both], a.hi[both], a.tol[both]
             )
             if solve_padded(sub)[0] is None:

@@ -1,0 +1,105 @@
+"""Real evaluation of a child: held-out quality against its parent, and measured latency against prediction.
+
+* perplexity: ``puzzle.child.evaluate.evaluate`` on held-out tokens (same packing as parent evaluation);
+* KL to the parent: mean over the same predicted tokens of ``KL(p_parent || q_child)`` (nats / token);
+* latency: the assembled child measured per scenario with the builder's ``puzzle.library.cost.measure_model`` (same
+  device, dtype and shapes the library's scenarios name), next to the library's prediction for the chosen
+  variants (sum of their ``runtime_ms@scenario`` + the non-block cost), and the error in % of the prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from puzzle.data import pack
+from puzzle.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from puzzle.library import BlockLibrary
+
+
+@dataclass(frozen=True)
+class Latency:
+    scenario: str
+    measured_ms: float
+    predicted_ms: float
+    spread_ms: float
+
+    @property
+    def error_pct(self) -> float:
+        return 100.0 * (self.measured_ms - self.predicted_ms) / self.predicted_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "error_pct": self.error_pct}
+
+
+def kl_to_parent(
+    child: torch.nn.Module, parent: torch.nn.Module, tokens: np.ndarray, seq_len: int, *, batch_size: int = 8
+) -> float:
+    """Mean KL(parent || child) in nats per predicted token of ``tokens`` (packed like ``evaluate``)."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = pack(tokens, seq_len, drop_last=False)
+    if not rows:
+        raise DataError(f"the evaluation text has {len(tokens)} token(s); at least 2 are needed")
+    full = [r for r in rows if len(r) == seq_len + 1]
+    batches = [np.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
+    batches += [r[None, :] for r in rows if len(r) < seq_len + 1]
+    total, count = 0.0, 0
+    child.eval()
+    parent.eval()
+    with torch.no_grad():  # not inference_mode: its cached RoPE tables could not be trained through later
+        for batch in batches:
+            ids = torch.from_numpy(batch[:, :-1].astype(np.int64))  # (B, T)
+            logp = F.log_softmax(parent(ids).float(), dim=-1)  # (B, T, V)
+            logq = F.log_softmax(child(ids).float(), dim=-1)
+            total += float((logp.exp() * (logp - logq)).sum())
+            count += ids.numel()
+    return total / count
+
+
+def predicted_cost(library: BlockLibrary, layers: Sequence[str], name: str, scenario: str | None) -> float:
+    """Whole-model cost ``name`` of the variants ``layers`` as the library predicts it (blocks + non-block)."""
+    scenario = library.resolve_scenario(scenario)
+    total = 0.0
+    for layer, variant_name in zip(library.layers, layers, strict=True):
+        total += layer.variant(variant_name).cost(name, scenario)
+    return total + library.non_block_cost(name, scenario)
+
+
+def measure_latency(
+    child: torch.nn.Module,
+    library: BlockLibrary,
+    layers: Sequence[str],
+    scenarios: Sequence[str] | None = None,
+    *,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+) -> list[Latency]:
+    """Measured vs predicted ``runtime_ms`` of ``child`` (built from ``layers``) in each of ``scenarios``."""
+    from puzzle.library.cost import measure_model
+
+    names = list(scenarios) if scenarios is not None else list(library.scenarios)
+    unknown = [s for s in names if s not in library.scenarios]
+    if unknown:
+        raise ConfigError(f"unknown scenario(s) {', '.join(unknown)}; the library has {', '.join(library.scenarios)}")
+    measured = measure_model(
+        child, tuple(library.scenarios[s] for s in names), device=device, warmup=warmup, repeats=repeats
+    )
+    return [
+        Latency(
+            scenario=s,
+            measured_ms=measured[s]["runtime_ms"],
+            predicted_ms=predicted_cost(library, layers, "runtime_ms", s),
+            spread_ms=measured[s]["runtime_spread_ms"],
+        )
+        for s in names
+    ]

@@ -1,0 +1,541 @@
+"""``puzzle demo``: the whole pipeline on the embedded default, as small stages that reuse what ``--out`` holds.
+
+Stages (each output keyed by what produced it, written atomically; a re-run redoes only what is missing):
+
+1. parent    train (or reuse) the tiny-llama parent on the default corpus          ``OUT/parent``
+2. library   build its block library on local Ray (prune, BLD, score, profile)     ``OUT/library``
+3. frontier  the Pareto frontier of summed KL vs predicted latency in one scenario  ``OUT/frontier.json``
+4. children  for each budget (90/70/50 % of the parent's predicted latency): the MIP choice (Puzzle), uniform
+             width, depth pruning and greedy; each assembled from the library, evaluated (held-out perplexity,
+             KL to the parent, measured vs predicted latency), then healed by GKD with the same token budget
+             and evaluated again; a GKD result is kept only if it lowers KL to the parent on a validation
+             slice of the held-out text disjoint from the evaluation slice (else the child ships as
+             assembled, ``gkd.kept`` false in its record)                        ``OUT/results``, ``OUT/gkd``
+5. export    the Puzzle+GKD child of every budget as a HF directory               ``OUT/export/puzzle-NN``
+6. report    ``OUT/report.json`` (rows: budget, method, perplexity, kl, measured_latency_ms,
+             predicted_latency_ms, ...) and ``OUT/frontier.html`` (plotly, plotly.js inline)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from puzzle.child.gkd import GKDConfig
+from puzzle.data import cached_tokens, load_tokenizer, read_corpus, split_corpus
+from puzzle.errors import InfeasibleError
+from puzzle.files import key_digest, write_text
+from puzzle.library.space import AttentionOptions, FFNOptions, MambaOptions, SearchSpace
+from puzzle.library.store import ResultStore
+from puzzle.presets import Preset, get_preset
+from puzzle.progress import NullProgress, ProgressSink, StepProgress
+
+if TYPE_CHECKING:
+    from puzzle.library import BlockLibrary
+    from puzzle.library.build import BuildConfig
+    from puzzle.model import CausalLM
+
+DEMO_PRESET = "tiny-llama"
+METHODS = ("puzzle", "uniform", "depth", "greedy")
+OBJECTIVE = "kl_div"
+
+
+def demo_space() -> SearchSpace:
+    """A compact space that builds in minutes on 2 cores: KV heads 2 / 1, FFN 75 / 50 / 25 %, no-ops."""
+    return SearchSpace(
+        attention=AttentionOptions(kv_heads=(2, 1), linear=False, no_op=True),
+        ffn=FFNOptions(fractions=(1.0, 0.75, 0.5, 0.25), linear=False, no_op=True),
+        mamba=MambaOptions(head_fractions=(1.0, 0.5), no_op=True),
+    )
+
+
+def demo_build_config() -> BuildConfig:
+    from puzzle.library.build import BuildConfig
+    from puzzle.library.distill import BLDConfig
+
+    return BuildConfig(
+        bld=BLDConfig(tokens=65_536, lr=5e-4, batch=8),
+        seq_len=128,
+        distill_sequences=128,
+        holdout_sequences=32,
+        repeats=10,
+    )
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    preset: str | Preset = DEMO_PRESET  # a name of puzzle.presets.PRESETS, or a Preset object
+    corpus: str | None = None  # None: the default corpus (the Python standard library)
+    train_steps: int | None = None  # None: the preset's
+    space: SearchSpace = field(default_factory=demo_space)
+    build: BuildConfig = field(default_factory=demo_build_config)
+    budgets: tuple[float, ...] = (0.9, 0.7, 0.5)
+    scenario: str | None = None  # None: the library's default (prefill) scenario
+    gkd: GKDConfig = field(default_factory=lambda: GKDConfig(tokens=131_072, lr=3e-4, batch=8, seq_len=128))
+    eval_sequences: int = 32
+    eval_seq_len: int = 256
+    executor: str = "ray"
+    workers: int | None = None
+    latency_repeats: int = 20
+    methods: tuple[str, ...] = METHODS
+    frontier: bool = True  # compute the Pareto frontier (stage 3) for the report and plot
+
+    def get_preset(self) -> Preset:
+        return self.preset if isinstance(self.preset, Preset) else get_preset(self.preset)
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "gkd": self.gkd.to_dict(),
+            "eval": [self.eval_sequences, self.eval_seq_len],
+            "latency_repeats": self.latency_repeats,
+            "gkd_kept_if": "validation KL improves",
+        }
+
+
+@dataclass(frozen=True)
+class Row:
+    budget: float  # fraction of the parent's predicted latency (1.0 for the parent itself)
+    method: str  # parent, puzzle, puzzle+gkd, uniform, uniform+gkd, depth, depth+gkd, greedy, greedy+gkd
+    perplexity: float | None
+    kl: float | None
+    measured_latency_ms: float | None
+    predicted_latency_ms: float | None
+    layers: tuple[str, ...] = ()
+    library_objective: float | None = None
+    note: str = ""
+
+    @property
+    def latency_error_pct(self) -> float | None:
+        if self.measured_latency_ms is None or not self.predicted_latency_ms:
+            return None
+        return 100.0 * (self.measured_latency_ms - self.predicted_latency_ms) / self.predicted_latency_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "layers": list(self.layers), "latency_error_pct": self.latency_error_pct}
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    out_dir: str
+    scenario: str
+    parent_perplexity: float
+    rows: tuple[Row, ...]
+    frontier: list[dict[str, Any]]
+    exports: dict[str, str]
+    timings_s: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": self.out_dir,
+            "scenario": self.scenario,
+            "parent_perplexity": self.parent_perplexity,
+            "rows": [r.to_dict() for r in self.rows],
+            "frontier": self.frontier,
+            "exports": self.exports,
+            "timings_s": self.timings_s,
+        }
+
+
+# --- stages -----------------------------------------------------------------------------------------------
+
+
+def _train_parent(cfg: DemoConfig, out: Path, progress: ProgressSink, status: Callable[[str], None]) -> Path:
+    from puzzle.train import train_parent
+
+    on_step = StepProgress(progress, "train parent")
+    result = train_parent(
+        cfg.get_preset(), out / "parent", cfg.corpus, steps=cfg.train_steps, on_step=on_step, on_status=status
+    )
+    on_step.finish()
+    if result.reused:
+        status(f"reusing the parent trained in {out / 'parent'}")
+    return out / "parent"
+
+
+def _build_library(
+    cfg: DemoConfig, out: Path, parent_dir: Path, progress: ProgressSink, status: Callable[[str], None]
+) -> BlockLibrary:
+    from puzzle.library import BlockLibrary
+    from puzzle.library.build import build_library
+    from puzzle.library.executor import make_executor
+
+    lib_dir = out / "library"
+    stamp = lib_dir / "demo_key.json"
+    from puzzle.library.cost import PROFILE_VERSION
+    from puzzle.library.distill import BLD_VERSION
+
+    key = key_digest(
+        cfg.space.to_dict(),
+        cfg.build.to_dict(),
+        cfg.corpus,
+        (parent_dir / "train_summary.json").read_text(),
+        BLD_VERSION,
+        PROFILE_VERSION,
+    )
+    if (lib_dir / "library.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
+        status(f"reusing the block library in {lib_dir}")
+        return BlockLibrary.load(lib_dir)
+    status(f"building the block library ({cfg.executor} executor) into {lib_dir}")
+    build = replace(cfg.build, corpus=cfg.corpus, held_out_fraction=cfg.get_preset().train.held_out_fraction)
+    with make_executor(cfg.executor, workers=cfg.workers) as executor:
+        library = build_library(
+            parent_dir, lib_dir, space=cfg.space, executor=executor, progress=progress, config=build
+        )
+    write_text(stamp, json.dumps(key))
+    return library
+
+
+def _frontier(library: BlockLibrary, scenario: str, out: Path) -> list[dict[str, Any]]:
+    """Every optimal (predicted latency, summed KL) trade-off of the library (the search's exact frontier)."""
+    from puzzle.search import frontier
+
+    file = out / "frontier.json"
+    key = [library.digest(), scenario]
+    if file.is_file() and (data := json.loads(file.read_text())).get("key") == key:
+        return data["points"]
+    result = frontier(library, OBJECTIVE, "runtime_ms", scenario=scenario).to_dict(with_layers=True)
+    points = [{"runtime_ms": p["axis"], "objective": p["objective"], "layers": p["layers"]} for p in result["points"]]
+    write_text(file, json.dumps({"key": key, "points": points, "frontier": result}, indent=1) + "\n")
+    return points
+
+
+def choose(library: BlockLibrary, method: str, budget: float, scenario: str) -> tuple[list[str], dict[str, Any]]:
+    """Variant names per layer chosen by ``method`` under ``runtime_ms <= budget x parent`` in ``scenario``."""
+    from puzzle.child.assess import predicted_cost
+    from puzzle.child.baselines import depth_pruning, uniform_width
+
+    constraint = f"runtime_ms<={budget * 100:g}%"
+    if method in ("puzzle", "greedy"):
+        from puzzle.search import greedy, solve
+
+        search = solve if method == "puzzle" else greedy
+        result = search(library, OBJECTIVE, [constraint], scenario=scenario)
+        solution = result.to_dict()
+        return list(solution["layers"]), solution
+    limit = budget * predicted_cost(library, [layer.parent.name for layer in library.layers], "runtime_ms", scenario)
+    fn = uniform_width if method == "uniform" else depth_pruning
+    layers = fn(library, limit, scenario=scenario, metric=OBJECTIVE)
+    return layers, {"layers": layers, "constraints": [constraint], "solver": method, "metric": OBJECTIVE}
+
+
+@dataclass
+class _Context:
+    cfg: DemoConfig
+    out: Path
+    library: BlockLibrary
+    scenario: str
+    parent: CausalLM
+    eval_tokens: np.ndarray
+    val_tokens: np.ndarray | None  # held-out tokens disjoint from eval_tokens: keeps GKD only where it helps
+    gkd_rows: np.ndarray
+    store: ResultStore
+    progress: ProgressSink
+    status: Callable[[str], None]
+
+
+def _evaluate(ctx: _Context, child: CausalLM, layers: Sequence[str]) -> dict[str, Any]:
+    from puzzle.child.assess import kl_to_parent, measure_latency
+    from puzzle.child.evaluate import evaluate
+
+    seq = ctx.cfg.eval_seq_len
+    quality = evaluate(child, ctx.eval_tokens, seq)
+    kl = kl_to_parent(child, ctx.parent, ctx.eval_tokens, seq)
+    (latency,) = measure_latency(child, ctx.library, layers, [ctx.scenario], repeats=ctx.cfg.latency_repeats)
+    return {"perplexity": quality.perplexity, "loss": quality.loss, "kl": kl, **latency.to_dict()}
+
+
+def _child(ctx: _Context, layers: Sequence[str], gkd: bool, need_model: bool) -> tuple[dict[str, Any], CausalLM | None]:
+    """Evaluation record of the child ``layers`` (GKD-healed when ``gkd``), reusing a stored one; the child
+    itself too when ``need_model`` or when it has to be evaluated."""
+    from puzzle.child.assemble import assemble
+    from puzzle.child.gkd import run_gkd
+
+    arch_key = key_digest(ctx.library.digest(), list(layers))
+    key = f"child/{arch_key}/{'gkd' if gkd else 'raw'}/{key_digest(ctx.cfg.key(), ctx.scenario)}"
+    stored = ctx.store.get(key) if key in ctx.store else None
+    if stored is not None and not need_model:
+        return stored, None
+    child = assemble(ctx.library, ctx.out / "library", layers, parent=ctx.parent)
+    record: dict[str, Any] = {}
+    if gkd:
+        from puzzle.child.assess import kl_to_parent
+
+        seq = ctx.cfg.eval_seq_len
+        before = None if ctx.val_tokens is None else kl_to_parent(child, ctx.parent, ctx.val_tokens, seq)
+        raw_state = {k: v.detach().clone() for k, v in child.state_dict().items()}
+        on_step = StepProgress(ctx.progress, f"gkd {arch_key[:8]}")
+        result = run_gkd(
+            child, ctx.parent, ctx.gkd_rows, ctx.cfg.gkd, checkpoint_dir=ctx.out / "gkd" / arch_key, on_step=on_step
+        )
+        on_step.finish()
+        after = None if ctx.val_tokens is None else kl_to_parent(child, ctx.parent, ctx.val_tokens, seq)
+        kept = before is None or after is None or after < before
+        if not kept:  # GKD made this child worse on the validation text: ship the child as assembled
+            child.load_state_dict(raw_state)
+        record["gkd"] = {k: v for k, v in result.to_dict().items() if k != "losses"}
+        record["gkd"]["loss_first"] = result.losses[0] if result.losses else None
+        record["gkd"]["loss_last"] = result.losses[-1] if result.losses else None
+        record["gkd"] |= {"validation_kl_before": before, "validation_kl_after": after, "kept": kept}
+    if stored is not None:
+        return stored, child
+    record |= _evaluate(ctx, child, layers)
+    ctx.store.put(key, record)
+    return record, child
+
+
+def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> list[Row]:
+    from puzzle.child.export import build_manifest, export_child, predicted_costs
+
+    rows = []
+    for method in ctx.cfg.methods:
+        try:
+            layers, solution = choose(ctx.library, method, budget, ctx.scenario)
+        except InfeasibleError as exc:
+            rows.append(Row(budget, method, None, None, None, None, note=f"infeasible: {exc}"))
+            ctx.progress.advance("children", 2)
+            continue
+        objective = sum(
+            layer.variant(n).metrics[OBJECTIVE] for layer, n in zip(ctx.library.layers, layers, strict=True)
+        )
+        for gkd in (False, True):
+            ctx.status(f"{budget:.0%} {method}{'+gkd' if gkd else ''}: {_summary(ctx.library, layers)}")
+            target = ctx.out / "export" / f"puzzle-{round(budget * 100)}"
+            export = method == "puzzle" and gkd
+            exported = export and _exported(target, layers, ctx.cfg.gkd)
+            record, child = _child(ctx, layers, gkd, need_model=export and not exported)
+            name = f"{method}+gkd" if gkd else method
+            rows.append(
+                Row(
+                    budget,
+                    name,
+                    record["perplexity"],
+                    record["kl"],
+                    record["measured_ms"],
+                    record["predicted_ms"],
+                    tuple(layers),
+                    objective,
+                )
+            )
+            ctx.progress.advance("children")
+            if export and exported:
+                exports[f"{budget:g}"] = str(target)
+            elif export and child is not None:
+                manifest = build_manifest(
+                    parent_digest=ctx.library.parent.get("digest"),
+                    library_digest=ctx.library.digest(),
+                    layers=layers,
+                    objective={"metric": OBJECTIVE, "value": solution.get("objective")},
+                    constraints=solution.get("constraints", ()),
+                    predicted_costs=predicted_costs(ctx.library, layers),
+                    measured_costs={f"runtime_ms@{ctx.scenario}": record["measured_ms"]},
+                    solver=solution.get("solver"),
+                    scenario=ctx.scenario,
+                    extra={"gkd": record.get("gkd"), "perplexity": record["perplexity"], "kl": record["kl"]},
+                )
+                export_child(child, target, manifest=manifest, tokenizer_dir=ctx.out / "parent", force=True)
+                exports[f"{budget:g}"] = str(target)
+    return rows
+
+
+def _exported(target: Path, layers: Sequence[str], gkd: GKDConfig) -> bool:
+    """Whether ``target`` already holds the export of ``layers`` healed with ``gkd``."""
+    from puzzle.child.export import MANIFEST_NAME, read_manifest
+
+    if not (target / MANIFEST_NAME).is_file():
+        return False
+    manifest = read_manifest(target)
+    healed = (manifest.get("extra") or {}).get("gkd") or {}
+    return manifest.get("layers") == list(layers) and healed.get("config") == gkd.to_dict()
+
+
+def _summary(library: BlockLibrary, layers: Sequence[str]) -> str:
+    kept = sum(1 for layer, n in zip(library.layers, layers, strict=True) if n == layer.parent.name)
+    removed = sum(
+        1
+        for layer, n in zip(library.layers, layers, strict=True)
+        if (s := layer.variant(n).spec) is not None and s.is_no_op
+    )
+    return f"{kept} parent layers, {removed} removed, {len(layers) - kept - removed} changed"
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str],
+    config: DemoConfig | None = None,
+    *,
+    progress: ProgressSink | None = None,
+    on_status: Callable[[str], None] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> DemoResult:
+    """Run (or finish) the whole demo into ``out_dir``; see the module docstring for the stages."""
+    import torch
+
+    from puzzle.child.assess import measure_latency, predicted_cost
+    from puzzle.child.evaluate import evaluate
+    from puzzle.data import pack_tensor
+    from puzzle.model import load_pretrained
+
+    cfg = config or DemoConfig()
+    progress = progress or NullProgress()
+    status = on_status or (lambda _msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    parent_dir = _train_parent(cfg, out, progress, status)
+    timings["parent"] = time.perf_counter() - t
+    t = time.perf_counter()
+    library = _build_library(cfg, out, parent_dir, progress, status)
+    timings["library"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scenario = library.resolve_scenario(cfg.scenario)
+    assert scenario is not None
+    frontier = _frontier(library, scenario, out) if cfg.frontier else []
+    timings["frontier"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    torch.manual_seed(0)
+    parent = load_pretrained(parent_dir)
+    tokenizer = load_tokenizer(parent_dir)
+    preset = cfg.get_preset()
+    train_docs, held_docs = split_corpus(read_corpus(cfg.corpus), preset.train.held_out_fraction)
+    held = cached_tokens(held_docs, tokenizer, "held_out", cache_dir)
+    n_eval = cfg.eval_sequences * cfg.eval_seq_len + 1
+    eval_tokens = held[:n_eval]
+    val_tokens = held[-n_eval:] if len(held) >= 2 * n_eval else None
+    if val_tokens is None:
+        status(f"held-out text too short for a validation slice ({len(held)} tokens): GKD results kept as trained")
+    gkd_rows = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache_dir), cfg.gkd.seq_len)
+    ctx = _Context(
+        cfg,
+        out,
+        library,
+        scenario,
+        parent,
+        eval_tokens,
+        val_tokens,
+        gkd_rows,
+        ResultStore(out / "results"),
+        progress,
+        status,
+    )
+
+    parent_names = [layer.parent.name for layer in library.layers]
+    parent_key = f"parent/{key_digest(library.digest(), cfg.key(), scenario)}"
+    if parent_key not in ctx.store:
+        (lat,) = measure_latency(parent, library, parent_names, [scenario], repeats=cfg.latency_repeats)
+        quality = evaluate(parent, eval_tokens, cfg.eval_seq_len)
+        ctx.store.put(parent_key, {"perplexity": quality.perplexity, **lat.to_dict()})
+    p = ctx.store.get(parent_key)
+    rows = [Row(1.0, "parent", p["perplexity"], 0.0, p["measured_ms"], p["predicted_ms"], tuple(parent_names))]
+    progress.start("children", len(cfg.budgets) * len(cfg.methods) * 2)
+    exports: dict[str, str] = {}
+    for budget in cfg.budgets:
+        rows += _rows_for_budget(ctx, budget, exports)
+    progress.finish("children")
+    timings["children"] = time.perf_counter() - t
+
+    result = DemoResult(
+        str(out),
+        scenario,
+        p["perplexity"],
+        tuple(rows),
+        frontier,
+        exports,
+        {k: round(v, 1) for k, v in timings.items()},
+    )
+    write_text(out / "report.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    parent_pred = predicted_cost(library, parent_names, "runtime_ms", scenario)
+    write_frontier_html(out / "frontier.html", frontier, rows, parent_pred, scenario)
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The report as a fixed-width text table."""
+    lines = [
+        f"{'budget':>6}  {'method':<12} {'perplexity':>10} {'KL':>8} {'measured ms':>11} {'predicted ms':>12} {'err %':>6}"
+    ]
+    for r in rows:
+
+        def num(v: float | None, fmt: str) -> str:
+            return format(v, fmt) if v is not None else "-"
+
+        lines.append(
+            f"{r.budget:>6.0%}  {r.method:<12} {num(r.perplexity, '10.3f')} {num(r.kl, '8.4f')} "
+            f"{num(r.measured_latency_ms, '11.3f')} {num(r.predicted_latency_ms, '12.3f')} "
+            f"{num(r.latency_error_pct, '+6.1f')}" + (f"  {r.note}" if r.note else "")
+        )
+    return "\n".join(lines)
+
+
+def write_frontier_html(
+    path: Path, frontier: list[dict[str, Any]], rows: Sequence[Row], parent_latency: float, scenario: str
+) -> None:
+    """Two panels: the library frontier (predicted latency vs summed KL) with every method's pick on it, and
+    measured latency vs held-out perplexity of the evaluated children. plotly.js is inlined (no CDN)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            f"Pareto frontier ({scenario}): predicted latency vs summed block KL",
+            "Evaluated children: measured latency vs held-out perplexity",
+        ),
+    )
+    pts = sorted((p for p in frontier if p.get("runtime_ms") is not None), key=lambda p: p["runtime_ms"])
+    fig.add_trace(
+        go.Scatter(
+            x=[100 * p["runtime_ms"] / parent_latency for p in pts],
+            y=[p["objective"] for p in pts],
+            mode="lines+markers",
+            name="frontier (MIP)",
+        ),
+        row=1,
+        col=1,
+    )
+    for method in sorted({r.method for r in rows}):
+        mine = [r for r in rows if r.method == method and r.perplexity is not None]
+        if not mine:
+            continue
+        if not method.endswith("+gkd") and method != "parent":
+            fig.add_trace(
+                go.Scatter(
+                    x=[100 * r.predicted_latency_ms / parent_latency for r in mine],
+                    y=[r.library_objective for r in mine],
+                    mode="markers",
+                    name=f"{method} pick",
+                    marker={"size": 10, "symbol": "diamond"},
+                ),
+                row=1,
+                col=1,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=[r.measured_latency_ms for r in mine],
+                y=[r.perplexity for r in mine],
+                mode="markers",
+                name=method,
+                text=[f"budget {r.budget:.0%}" for r in mine],
+                marker={"size": 9},
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(title_text="predicted latency (% of parent)", row=1, col=1)
+    fig.update_yaxes(title_text="sum of replace-one-block KL", row=1, col=1)
+    fig.update_xaxes(title_text="measured latency (ms)", row=1, col=2)
+    fig.update_yaxes(title_text="held-out perplexity", type="log", row=1, col=2)
+    fig.update_layout(title="Puzzle demo", height=520, width=1200)
+    write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))

@@ -1,1 +1,0 @@
-"""Tests of assembling a child from a library solution."""

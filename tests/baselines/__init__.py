@@ -1,1 +1,0 @@
-"""Tests of the baselines (uniform width, depth pruning)."""

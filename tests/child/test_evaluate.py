@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from puzzle.child.evaluate import evaluate, unigram_baseline
+from puzzle.data import encode_corpus, load_tokenizer, read_corpus
+from puzzle.errors import DataError
+from puzzle.model import load_pretrained
+from puzzle.train import train_parent
+from tests.train import tiny
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "parent"
+    train_parent(tiny.preset(steps=10), out, tiny.CORPUS, cache_dir=out.parent / "cache")
+    return out
+
+
+def test_evaluate_matches_transformers_loss_per_window(parent: Path) -> None:
+    import transformers
+
+    tokens = encode_corpus(read_corpus(tiny.CORPUS / "decoder.py"), load_tokenizer(parent))[:301]
+    result = evaluate(load_pretrained(parent), tokens, seq_len=32, batch_size=3)
+    assert result.tokens == len(tokens) - 1  # every token but the first predicted once
+    # Reference: transformers' own shifted LM loss, window by window (stride 32, the last window shorter).
+    hf = transformers.AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(tokens) - 1, 32):
+            window = torch.tensor(tokens[start : start + 33], dtype=torch.long)[None]
+            n = window.shape[1] - 1
+            total += float(hf(window, labels=window).loss) * n
+            count += n
+    assert count == result.tokens
+    assert result.loss == pytest.approx(total / count, abs=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(result.loss))
+
+
+def test_longer_context_is_not_worse_and_counts_match(parent: Path) -> None:
+    model = load_pretrained(parent)
+    tokens = encode_corpus(read_corpus(tiny.CORPUS / "encoder.py"), load_tokenizer(parent))[:600]
+    short, long = evaluate(model, tokens, seq_len=4), evaluate(model, tokens, seq_len=32)
+    assert short.tokens == long.tokens == len(tokens) - 1
+    assert long.loss < short.loss  # a trained model uses its context
+
+
+def test_unigram_baseline_matches_brute_force() -> None:
+    train = np.array([0, 1, 1, 2, 2, 2, 5], dtype=np.int32)
+    held = np.array([2, 1, 3, 2], dtype=np.int32)
+    vocab = 6
+    counts = {t: int((train == t).sum()) for t in range(vocab)}
+    expected = -sum(math.log((counts[t] + 1) / (len(train) + vocab)) for t in held[1:]) / 3
+    result = unigram_baseline(train, held, vocab)
+    assert result.tokens == 3
+    assert result.loss == pytest.approx(expected)
+    assert result.perplexity == pytest.approx(math.exp(expected))
+
+
+def test_evaluation_input_errors(parent: Path) -> None:
+    model = load_pretrained(parent)
+    with pytest.raises(DataError, match="at least 2"):
+        evaluate(model, np.array([5], dtype=np.int32), 8)
+    with pytest.raises(DataError, match="does not belong to this model"):
+        evaluate(model, np.array([1, 2, 10_000], dtype=np.int32), 8)

@@ -1,1 +1,0 @@
-"""Tests of global knowledge distillation."""
