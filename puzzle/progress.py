@@ -1,11 +1,14 @@
 """Progress sinks: where long stages report how far they are (a terminal bar, a job store, nothing).
 
-The pipeline calls ``start(stage, total)``, ``advance(stage, n)`` and ``finish(stage)``; it never knows
-which sink it got. ``RichProgress`` draws one bar per stage in a terminal.
+The one progress protocol: the pipeline calls ``start(stage, total)``, ``advance(stage, n)`` and
+``finish(stage)``; it never knows which sink it got. ``RichProgress`` draws one bar per stage in a terminal;
+a worker's job context is a sink that records each report in the job store. ``Scoped`` names the steps of one
+pipeline stage ``stage/step``; ``StageTimer`` times the stages of a run.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 
@@ -77,3 +80,36 @@ class StepProgress:
     def finish(self) -> None:
         if self.started:
             self.sink.finish(self.stage)
+
+
+class Scoped:
+    """The sink ``sink`` with every step of one pipeline stage reported as ``scope/step``."""
+
+    def __init__(self, sink: ProgressSink, scope: str) -> None:
+        self.sink, self.scope = sink, scope
+
+    def start(self, stage: str, total: int) -> None:
+        self.sink.start(f"{self.scope}/{stage}", total)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        self.sink.advance(f"{self.scope}/{stage}", n)
+
+    def finish(self, stage: str) -> None:
+        self.sink.finish(f"{self.scope}/{stage}")
+
+
+class StageTimer:
+    """Seconds per stage of a run: ``lap(stage)`` closes the stage that ran since the previous lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._last
+        self._last = now
+        return self.seconds[stage]
+
+    def rounded(self, digits: int) -> dict[str, float]:
+        return {k: round(v, digits) for k, v in self.seconds.items()}

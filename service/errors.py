@@ -27,3 +27,8 @@ class InvalidInputError(ConfigError):
     def __init__(self, problems: list[tuple[list[str | int], str]]):
         super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         self.problems = problems
+
+
+def invalid(loc: list[str | int], msg: str) -> InvalidInputError:
+    """One problem at ``loc`` (e.g. ``["body", "library_id"]``)."""
+    return InvalidInputError([(loc, msg)])

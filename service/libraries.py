@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import threading
-from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,6 @@ from puzzle.errors import LibraryError
 from puzzle.files import write_text
 from puzzle.library import BlockLibrary, import_nvlabs
 from service.artifacts import inside
-
-_CACHE: OrderedDict[tuple[str, str], BlockLibrary] = OrderedDict()
-_CACHE_SIZE = 8
-_LOCK = threading.Lock()
 
 
 def parse_upload(fmt: str, data: dict[str, Any], *, scratch: Path) -> BlockLibrary:
@@ -56,17 +51,12 @@ def store(root: Path, library: BlockLibrary) -> str:
 
 def load(root: Path, relative: str, digest: str) -> BlockLibrary:
     """The stored library (kept in a small in-process cache keyed by digest)."""
-    key = (str(root), digest)
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    library = BlockLibrary.load(inside(root, *relative.split("/")))
-    with _LOCK:
-        _CACHE[key] = library
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return library
+    return _load(str(root), digest, relative)
+
+
+@lru_cache(maxsize=8)
+def _load(root: str, digest: str, relative: str) -> BlockLibrary:
+    return BlockLibrary.load(inside(Path(root), *relative.split("/")))
 
 
 def summary(library: BlockLibrary) -> dict[str, Any]:

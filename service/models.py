@@ -68,6 +68,14 @@ class Library(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # what ``LibraryPublic`` reads from the stored summary (``service.libraries.summary``)
+    family = property(lambda self: self.summary.get("family"))
+    hidden_size = property(lambda self: self.summary.get("hidden_size"))
+    metric_keys = property(lambda self: self.summary.get("metric_keys", []))
+    cost_keys = property(lambda self: self.summary.get("cost_keys", []))
+    scenarios = property(lambda self: self.summary.get("scenarios", []))
+    default_scenario = property(lambda self: self.summary.get("default_scenario"))
+
 
 class Job(Base):
     """One unit of work with its state machine, progress, heartbeat and result."""
@@ -99,6 +107,15 @@ class Job(Base):
     eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """What ``JobPublic.progress`` shows."""
+        return {"stage": self.stage, "done": self.progress_done, "total": self.progress_total, "eta_s": self.eta_s}
+
+    @property
+    def has_result(self) -> bool:
+        return self.result is not None
 
 
 class JobEvent(Base):

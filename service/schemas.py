@@ -1,4 +1,10 @@
-"""Request and response bodies: ``XCreate`` (what a client sends), ``XPublic`` (one), ``XsPublic`` (a page)."""
+"""Request and response bodies: ``XCreate`` (what a client sends), ``XPublic`` (one), ``XsPublic`` (a page).
+
+The bodies of searches and pipelines are the HTTP face of puzzle's request types (``puzzle.search.request``,
+``puzzle.pipeline.request``): their enums and defaults come from puzzle's constants, and a route turns a body
+into the request once (``SearchRequest.from_dict`` / ``service.pipelines.validate``). Response models read ORM
+rows directly (``from_attributes``).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,29 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Names are labels only (never paths): letters, digits, '_', '.', '-', starting with a letter or digit.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+from puzzle.pipeline.request import (
+    MAX_EXPORT_POINTS,
+    NAME_PATTERN,
+    PARENT_PRESETS,
+    SPACE_PRESETS,
+    BuildSettings,
+    export_points_problem,
+)
+from puzzle.search.request import DEFAULT_OBJECTIVE, SEARCH_MODES, SearchRequest, shape_problems
+from puzzle.search.solvers import SOLVER_NAMES
+from service.models import JOB_KINDS, JOB_STATES
+
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=100)]
 Key = Annotated[str, Field(min_length=1, max_length=200)]
 Constraint = Annotated[str, Field(min_length=1, max_length=200)]
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["search", "pipeline"]
-SearchMode = Literal["solve", "frontier", "diverse"]
-SolverName = Literal["dp", "cpsat", "scip", "highs", "cbc"]  # puzzle.search.SOLVER_NAMES
+# Literal[tuple] is Literal[*tuple]: each enum is puzzle's (or the job store's) own list of names
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+JobKind = Literal[JOB_KINDS]  # type: ignore[valid-type]
+SearchMode = Literal[SEARCH_MODES]  # type: ignore[valid-type]
+SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
+SpacePreset = Literal[SPACE_PRESETS]  # type: ignore[valid-type]
+_DEFAULT_BUILD = BuildSettings()
 
 
 class _Strict(BaseModel):
@@ -43,6 +62,8 @@ class LibraryCreate(_Strict):
 
 
 class ScenarioPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     kind: str
     batch_size: int
@@ -52,6 +73,8 @@ class ScenarioPublic(BaseModel):
 
 
 class LibraryPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     name: str
     digest: str
@@ -79,7 +102,7 @@ class SearchParams(_Strict):
     """What to search for in a stored library."""
 
     mode: SearchMode = "solve"
-    objective: Key = Field(default="kl_div", description="a metric of the library (e.g. kl_div, lm_loss)")
+    objective: Key = Field(default=DEFAULT_OBJECTIVE, description="a metric of the library (e.g. kl_div, lm_loss)")
     constraints: list[Constraint] = Field(default_factory=list, max_length=32, examples=[["runtime_ms<=50%"]])
     scenario: Key | None = None
     axis: Key | None = Field(default=None, description="frontier: the cost to sweep (e.g. runtime_ms)")
@@ -91,13 +114,9 @@ class SearchParams(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> SearchParams:
-        problems = []
-        if self.mode == "frontier" and not self.axis:
-            problems.append("mode 'frontier' needs 'axis' (the cost to sweep, e.g. runtime_ms)")
-        if self.lo is not None and self.hi is not None and self.lo > self.hi:
-            problems.append(f"lo ({self.lo}) must not exceed hi ({self.hi})")
+        problems = shape_problems(self.mode, self.axis, self.lo, self.hi)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("; ".join(msg for _, msg in problems))
         return self
 
 
@@ -107,30 +126,36 @@ class SearchJobCreate(SearchParams):
     max_attempts: int | None = Field(default=None, ge=1, le=100)
 
 
-PARENT_PRESETS = ("tiny-llama", "tiny-hybrid")  # puzzle.presets.PRESETS
-SpacePreset = Literal["tiny", "demo", "default"]
-
-
 class PipelineBuild(_Strict):
     """How the block library is built (``puzzle.library.build``). The defaults are small: minutes on a CPU."""
 
     space: SpacePreset = Field(
-        default="demo",
+        default=_DEFAULT_BUILD.space,
         description="search space: tiny (KV heads halved, FFN 50 %, Mamba heads 50 %, no-ops; for smoke tests), "
         "demo (KV heads 2/1, FFN 75/50/25 %, no-ops: what `puzzle demo` builds) or default (the full Puzzle "
         "space of the parent's family)",
     )
-    bld_tokens: int = Field(default=65_536, ge=64, le=10**10, description="BLD training tokens per unit")
-    seq_len: int = Field(default=128, ge=8, le=8192, description="sequence length of BLD and scoring text")
-    distill_sequences: int = Field(default=128, ge=2, le=1_000_000, description="BLD text: sequences cached")
-    holdout_sequences: int = Field(default=32, ge=1, le=1_000_000, description="scoring text: held-out sequences")
+    bld_tokens: int = Field(
+        default=_DEFAULT_BUILD.bld_tokens, ge=64, le=10**10, description="BLD training tokens per unit"
+    )
+    seq_len: int = Field(
+        default=_DEFAULT_BUILD.seq_len, ge=8, le=8192, description="sequence length of BLD and scoring text"
+    )
+    distill_sequences: int = Field(
+        default=_DEFAULT_BUILD.distill_sequences, ge=2, le=1_000_000, description="BLD text: sequences cached"
+    )
+    holdout_sequences: int = Field(
+        default=_DEFAULT_BUILD.holdout_sequences, ge=1, le=1_000_000, description="scoring text: held-out sequences"
+    )
     held_out_fraction: float | None = Field(
         default=None,
         gt=0,
         lt=1,
         description="share of corpus files held out for scoring (default: the preset's, 0.05 for a directory)",
     )
-    latency_repeats: int = Field(default=10, ge=1, le=1000, description="timed runs per latency measurement")
+    latency_repeats: int = Field(
+        default=_DEFAULT_BUILD.latency_repeats, ge=1, le=1000, description="timed runs per latency measurement"
+    )
 
 
 class PipelineJobCreate(_Strict):
@@ -139,7 +164,7 @@ class PipelineJobCreate(_Strict):
 
     kind: Literal["pipeline"]
     parent: Name = Field(
-        description="a preset trained by the job (tiny-llama or tiny-hybrid), or the name of a Hugging Face "
+        description=f"a preset trained by the job ({' or '.join(PARENT_PRESETS)}), or the name of a Hugging Face "
         "directory under PUZZLE_ARTIFACTS/parents/ (a name, never a path)",
         examples=["tiny-llama"],
     )
@@ -159,7 +184,7 @@ class PipelineJobCreate(_Strict):
     export_points: list[Annotated[int, Field(ge=0, le=10_000_000)]] = Field(
         default_factory=lambda: [0],
         min_length=1,
-        max_length=16,
+        max_length=MAX_EXPORT_POINTS,
         description="indices into the search result's points to export (solve: 0; diverse: 0..n-1; frontier: "
         "points sorted by the axis, cheapest first); GET /jobs/{id}/export?point=k serves each as a tar.gz",
     )
@@ -167,9 +192,10 @@ class PipelineJobCreate(_Strict):
 
     @model_validator(mode="after")
     def _check_points(self) -> PipelineJobCreate:
-        n = 1 if self.search.mode == "solve" else self.search.n if self.search.mode == "diverse" else None
-        if self.export and n is not None and max(self.export_points) >= n:
-            raise ValueError(f"export_points must be below {n}: a {self.search.mode} search gives {n} point(s)")
+        shape = SearchRequest(mode=self.search.mode, n=self.search.n, axis=self.search.axis or None)
+        problem = export_points_problem(shape, tuple(self.export_points), self.export)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
@@ -184,6 +210,8 @@ class Progress(BaseModel):
 
 
 class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     kind: str
     state: JobState
@@ -208,6 +236,8 @@ class JobsPublic(BaseModel):
 
 
 class JobEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     job_id: int
     at: datetime
@@ -247,11 +277,18 @@ class SolutionPublic(BaseModel):
 
 
 class FrontierPublic(BaseModel):
+    """A Pareto frontier: ``points`` sorted by the axis (view ``points``), or the parallel arrays a plot needs
+    (view ``columns``: ``axis_values``, ``objectives``, ``summaries``)."""
+
     library_id: int
     objective_name: str
     axis: str
     scenario: str | None
-    points: list[PointPublic]
+    constraints: list[str]
+    points: list[PointPublic] | None = None
+    axis_values: list[float] | None = None
+    objectives: list[float] | None = None
+    summaries: list[str] | None = None
 
 
 class SubblockView(BaseModel):

@@ -6,7 +6,8 @@ can share one database: a job is owned by exactly one worker at a time, and a wo
 heartbeat went stale and another worker took it over) can no longer write to it.
 
 Cancellation is cooperative: the heartbeat thread (and every progress report) reads ``cancel_requested``, and
-the job stops at its next ``ctx.check()``.
+the job stops at its next ``ctx.check()``. The job context is a ``puzzle.progress.ProgressSink``: stages report
+to it directly, and each report is a progress event of the job (then a cancel check).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -25,10 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from puzzle.errors import PuzzleError
 from service import crud, db
-from service import search as search_ops
 from service.models import Job
 from service.settings import Settings
-from workers.pipeline import run_pipeline
+from workers.jobs import RUNNERS
 
 log = logging.getLogger("puzzle.worker")
 
@@ -43,7 +44,11 @@ class JobLost(Exception):
 
 @dataclass
 class JobContext:
-    """What a runner sees of its job: its spec, progress reporting and the cancel check."""
+    """What a runner sees of its job: its spec, the cancel check, and progress reporting as a sink.
+
+    ``start / advance / finish(stage)`` record ``(stage, done, total)``; an advance is recorded when each unit is
+    at least 1 % of the stage, else at most every ``interval_s`` seconds (and always at the stage's end); a report
+    that repeats the last one of its stage is dropped. Every call checks for cancel."""
 
     job_id: int
     worker_id: str
@@ -52,6 +57,9 @@ class JobContext:
     settings: Settings
     cancel_event: threading.Event = field(default_factory=threading.Event)
     lost_event: threading.Event = field(default_factory=threading.Event)
+    interval_s: float = 0.25
+    _stages: dict[str, list[int]] = field(default_factory=dict)  # stage -> [done, total, last reported done]
+    _last: float = 0.0
 
     def check(self) -> None:
         """Stop here if the job was cancelled or lost."""
@@ -73,24 +81,35 @@ class JobContext:
             self.lost_event.set()
         self.check()
 
+    def _report(self, stage: str, *, force: bool) -> None:
+        state = self._stages[stage]
+        done, total, last = state
+        now = time.monotonic()
+        if done != last and (force or done >= total or total <= 100 or now - self._last >= self.interval_s):
+            state[2], self._last = done, now
+            self.progress(stage, done, total)
+        else:
+            self.check()
+
+    def start(self, stage: str, total: int) -> None:
+        self._stages[stage] = [0, total, -1]
+        self._report(stage, force=True)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        self._stages.setdefault(stage, [0, 0, -1])[0] += n
+        self._report(stage, force=False)
+
+    def finish(self, stage: str) -> None:
+        state = self._stages.setdefault(stage, [0, 0, -1])
+        state[0] = max(state[0], state[1])
+        self._report(stage, force=True)
+
     def log(self, message: str, **data: Any) -> None:
         with db.session_scope(self.sessions) as session:
             crud.log(session, job_id=self.job_id, message=message, data=data)
 
 
 Runner = Callable[[JobContext], dict[str, Any]]
-
-
-def run_search_job(ctx: JobContext) -> dict[str, Any]:
-    """A ``search`` job: solve / frontier / diverse over a stored library."""
-    with ctx.sessions() as session:
-        row = crud.get_library(session, library_id=int(ctx.spec["library_id"]))
-        library = search_ops.load_library(ctx.settings, row)
-    ctx.check()
-    return search_ops.run_search(library, ctx.spec, progress=ctx.progress, check_stop=ctx.check)
-
-
-RUNNERS: dict[str, Runner] = {"search": run_search_job, "pipeline": run_pipeline}
 
 
 def default_worker_id() -> str:

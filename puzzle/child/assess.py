@@ -66,12 +66,12 @@ def kl_to_parent(
 
 
 def predicted_cost(library: BlockLibrary, layers: Sequence[str], name: str, scenario: str | None) -> float:
-    """Whole-model cost ``name`` of the variants ``layers`` as the library predicts it (blocks + non-block)."""
-    scenario = library.resolve_scenario(scenario)
-    total = 0.0
-    for layer, variant_name in zip(library.layers, layers, strict=True):
-        total += layer.variant(variant_name).cost(name, scenario)
-    return total + library.non_block_cost(name, scenario)
+    """Whole-model cost ``name`` of the variants ``layers`` as the library predicts it (blocks + non-block;
+    ``puzzle.search.views.total``, the one whole-model totals function)."""
+    from puzzle.search.request import Architecture
+    from puzzle.search.views import total
+
+    return total(library, Architecture.from_names(library, layers), name, scenario)
 
 
 def measure_latency(

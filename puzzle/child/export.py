@@ -29,7 +29,9 @@ from puzzle.errors import CheckpointError, ConfigError
 from puzzle.files import replace_dir, staging_dir
 
 if TYPE_CHECKING:
+    from puzzle.library import BlockLibrary
     from puzzle.model import CausalLM
+    from puzzle.search.request import Architecture
 
 MANIFEST_NAME = "puzzle_manifest.json"
 MANIFEST_VERSION = 1
@@ -145,40 +147,50 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def predicted_costs(library: Any, layers: Sequence[str]) -> dict[str, float]:
-    """Every whole-model cost of the library (``NAME`` and ``NAME@SCENARIO``) for the variants ``layers``."""
-    from puzzle.child.assess import predicted_cost
+    """Every whole-model cost of the library (``NAME`` and ``NAME@SCENARIO``) for the variants ``layers``
+    (``puzzle.search.views.totals``, the one whole-model totals function)."""
+    from puzzle.search.request import Architecture
+    from puzzle.search.views import totals
 
-    out = {}
-    for key in library.all_cost_keys():
-        name, _, scenario = key.partition("@")
-        out[key] = predicted_cost(library, layers, name, scenario or None)
-    return out
+    arch = Architecture.from_names(library, layers)
+    return {k: float(v[0]) for k, v in totals(library, arch.choices, library.all_cost_keys(), None).items()}
 
 
-def export_solution(
+def export_point(
+    library: BlockLibrary,
     library_dir: str | os.PathLike[str],
-    solution: Mapping[str, Any],
+    arch: Architecture,
     out: str | os.PathLike[str],
     *,
-    parent: str | os.PathLike[str] | None = None,
-    measured_costs: Mapping[str, float] | None = None,
+    parent: str | os.PathLike[str] | CausalLM | None = None,
     model: CausalLM | None = None,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    objective: Mapping[str, Any] | None = None,
+    constraints: Sequence[str] = (),
+    solver: str | None = None,
+    scenario: str | None = None,
+    measured_costs: Mapping[str, float] | None = None,
     measure: bool = False,
+    extra: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> Path:
-    """Assemble ``solution`` (a search ``Solution.to_dict()``) from the library in ``library_dir`` and export it.
+    """The one export path (``puzzle export``, a pipeline job, the demo): the child ``arch`` of ``library``,
+    assembled from the weights in ``library_dir``, written as the Hugging Face directory ``out`` with its manifest.
 
-    ``model`` is the already assembled (e.g. GKD-healed) child to write instead of a fresh assembly; with
-    ``measure`` its latency is measured here in every scenario of the library and recorded with the error of
-    the library's prediction (meaningful only on the device the library was profiled on).
+    ``parent``: the parent checkpoint directory (default: the one the library records; checked against the
+    library's parent digest) or a parent model already loaded by ``load_parent``. ``model``: an already assembled
+    (e.g. GKD-healed) child to write instead of a fresh assembly. With ``measure`` the child's latency is measured
+    here in every scenario of the library and recorded with the error of the library's prediction (meaningful
+    only on the device the library was profiled on).
     """
-    from puzzle.child.assemble import assemble, chosen_layers, load_parent
-    from puzzle.library import BlockLibrary
+    from puzzle.child.assemble import assemble, load_parent
+    from puzzle.model import CausalLM
 
     out = check_target(out, force=force)  # fail before any heavy work
-    library = BlockLibrary.load(library_dir)
-    layers = chosen_layers(solution)
-    parent_model = load_parent(library, parent)
+    layers = arch.names(library)
+    parent_model = None
+    if model is None or parent is not None:
+        parent_model = parent if isinstance(parent, CausalLM) else load_parent(library, parent)
     child = model if model is not None else assemble(library, library_dir, layers, parent=parent_model)
     measured = dict(measured_costs or {})
     if measure:
@@ -191,14 +203,13 @@ def export_solution(
         parent_digest=library.parent.get("digest"),
         library_digest=library.digest(),
         layers=layers,
-        objective={"metric": solution.get("metric"), "value": solution.get("objective")},
-        constraints=solution.get("constraints", ()),
+        objective=objective,
+        constraints=constraints,
         predicted_costs=predicted_costs(library, layers),
         measured_costs=measured,
-        solver=solution.get("solver"),
-        scenario=solution.get("scenario"),
-        extra={k: solution[k] for k in ("status", "totals", "percent_of_parent") if k in solution},
+        solver=solver,
+        scenario=scenario,
+        extra=extra,
     )
-    return export_child(
-        child, out, manifest=manifest, tokenizer_dir=getattr(parent_model, "hf_source", None), force=force
-    )
+    source = tokenizer_dir if tokenizer_dir is not None else getattr(parent_model, "hf_source", None)
+    return export_child(child, out, manifest=manifest, tokenizer_dir=source, force=force)

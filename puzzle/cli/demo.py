@@ -31,7 +31,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     from puzzle.cli.progress import console
     from puzzle.errors import ConfigError
-    from puzzle.pipeline.demo import DemoConfig, format_table, run_demo
+    from puzzle.pipeline.demo import DemoConfig, run_demo
+    from puzzle.pipeline.report import format_table
     from puzzle.progress import RichProgress
 
     for flag in ("steps", "bld_tokens", "gkd_tokens", "workers"):

@@ -40,25 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_export)
 
 
-def _max_constraints(items: list[str]) -> list[str]:
-    from puzzle.errors import ConfigError
-
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ConfigError(f"--max {item!r}: expected KEY=VALUE, e.g. runtime_ms=70% or num_params=5e6")
-        out.append(f"{key.strip()}<={value.strip()}")
-    return out
-
-
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from puzzle.child.export import check_target, export_solution
+    from puzzle.child.export import check_target, export_point
     from puzzle.errors import ConfigError
+    from puzzle.library import BlockLibrary
+    from puzzle.search import Architecture
 
     check_target(args.out, force=args.force)
+    library = BlockLibrary.load(args.library)
     if args.solution is not None:
         file = Path(args.solution)
         try:
@@ -67,17 +58,34 @@ def _export(args: argparse.Namespace) -> int:
             raise ConfigError(f"--solution {file}: cannot read a solution JSON ({exc})") from exc
         if not isinstance(solution, dict) or "layers" not in solution:
             raise ConfigError(f"--solution {file}: not a search solution (it has no 'layers' list)")
-    else:
-        bounds = _max_constraints(args.max)
-        from puzzle.library import BlockLibrary
-        from puzzle.search import parse_constraint, solve
+        from puzzle.child.assemble import chosen_layers
 
-        library = BlockLibrary.load(args.library)
-        constraints = [parse_constraint(c) for c in bounds]
-        solution = solve(library, args.objective, constraints, scenario=args.scenario).to_dict()
-    out = export_solution(args.library, solution, args.out, parent=args.parent, measure=args.measure, force=args.force)
-    print(f"exported {len(solution['layers'])}-layer child to {out}")
-    for i, name in enumerate(solution["layers"]):
+        arch = Architecture.from_names(library, chosen_layers(solution))
+    else:
+        from puzzle.cli.search import request_from_flags
+        from puzzle.search import run_search
+
+        request = request_from_flags(args, "search")
+        request.check(library)
+        solution = run_search(library, request).solutions[0].to_dict()
+        arch = Architecture(tuple(solution["choices"]))
+    out = export_point(
+        library,
+        args.library,
+        arch,
+        args.out,
+        parent=args.parent,
+        objective={"metric": solution.get("metric"), "value": solution.get("objective")},
+        constraints=solution.get("constraints", ()),
+        solver=solution.get("solver"),
+        scenario=solution.get("scenario"),
+        measure=args.measure,
+        extra={k: solution[k] for k in ("status", "totals", "percent_of_parent") if k in solution},
+        force=args.force,
+    )
+    layers = arch.names(library)
+    print(f"exported {len(layers)}-layer child to {out}")
+    for i, name in enumerate(layers):
         print(f"  layer {i:>3}  {name}")
     if args.measure:
         from puzzle.child.export import read_manifest

@@ -5,21 +5,54 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from puzzle.search.problem import Constraint
+    from puzzle.search.request import SearchRequest
 
 
-def _constraints(args: argparse.Namespace) -> list[str]:
+def _constraints(args: argparse.Namespace) -> tuple[Constraint, ...]:
+    """``--max KEY=V`` / ``--min KEY=V`` flags as parsed constraints (ConfigError naming a malformed one)."""
     from puzzle.errors import ConfigError
+    from puzzle.search.problem import parse_constraint
 
     out = []
-    for op, items in (("<=", args.max or []), (">=", args.min or [])):
+    for op, items in (("<=", getattr(args, "max", None) or []), (">=", getattr(args, "min", None) or [])):
         for item in items:
             key, sep, value = item.rpartition("=")
             if not sep or not key or not value:
                 raise ConfigError(
                     f"malformed bound {item!r}: expected KEY=VALUE, e.g. runtime_ms=50% or memory_mib=40000"
                 )
-            out.append(f"{key}{op}{value}")
-    return out
+            out.append(parse_constraint(f"{key}{op}{value}"))
+    return tuple(out)
+
+
+def request_from_flags(args: argparse.Namespace, mode: str) -> SearchRequest:
+    """The ``SearchRequest`` the flags of ``puzzle search`` / ``puzzle frontier`` (or ``puzzle export --max``) ask
+    for; flags a command lacks take their defaults."""
+    from puzzle.search.request import SearchRequest
+
+    if mode == "frontier":
+        return SearchRequest(
+            mode="frontier",
+            objective=args.objective,
+            constraints=_constraints(args),
+            scenario=args.scenario,
+            axis=args.axis,
+        )
+    n, diversity = getattr(args, "solutions", 1), getattr(args, "diversity", 1)
+    return SearchRequest(
+        mode="diverse" if n > 1 or diversity > 1 else "solve",
+        objective=args.objective,
+        constraints=_constraints(args),
+        scenario=args.scenario,
+        solver=getattr(args, "solver", None),
+        n=n,
+        diversity=diversity,
+        time_limit=getattr(args, "time_limit", None),
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -51,38 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from puzzle.errors import ConfigError
     from puzzle.library import BlockLibrary
-    from puzzle.search import build_problem, diverse, greedy, solve
+    from puzzle.search import run_search
 
+    request = request_from_flags(args, "search")
     library = BlockLibrary.load(args.library)
-    constraints = _constraints(args)
-    build_problem(library, args.objective, constraints, scenario=args.scenario)  # validate before solving
-    if args.solutions > 1 or args.diversity > 1:
-        if args.solver == "greedy":
-            raise ConfigError("the greedy baseline gives one solution; drop --solutions/--diversity")
-        solutions = diverse(
-            library,
-            args.objective,
-            constraints,
-            args.solutions,
-            args.diversity,
-            scenario=args.scenario,
-            solver=args.solver,
-        )
-    elif args.solver == "greedy":
-        solutions = [greedy(library, args.objective, constraints, scenario=args.scenario)]
-    else:
-        solutions = [
-            solve(
-                library,
-                args.objective,
-                constraints,
-                scenario=args.scenario,
-                solver=args.solver,
-                time_limit=args.time_limit,
-            )
-        ]
+    request.check(library)  # every unknown name, before solving
+    solutions = run_search(library, request).solutions
     if args.json:
         data = (
             solutions[0].to_dict()
@@ -107,10 +115,13 @@ def _search(args: argparse.Namespace) -> int:
 
 def _frontier(args: argparse.Namespace) -> int:
     from puzzle.library import BlockLibrary
-    from puzzle.search import frontier
+    from puzzle.search import run_search
 
+    request = request_from_flags(args, "frontier")
     library = BlockLibrary.load(args.library)
-    front = frontier(library, args.objective, args.axis, _constraints(args), scenario=args.scenario)
+    request.check(library)
+    front = run_search(library, request).frontier
+    assert front is not None
     if args.json:
         json.dump(front.to_dict(with_layers=False), sys.stdout)
         sys.stdout.write("\n")

@@ -1,12 +1,43 @@
 """``puzzle db upgrade``, ``puzzle serve``, ``puzzle worker``: run the job service.
 
 These handlers import ``service`` / ``workers`` lazily (inside the handler): the ``puzzle`` library itself
-never depends on the service, only its command line offers to start it.
+never depends on the service, only its command line offers to start it. The service's dependencies are the
+``service`` extra; without them each command exits 2 with one line saying what to install.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+
+from puzzle.errors import ConfigError
+
+# The import names of the ``service`` extra (pyproject.toml), checked before any service command runs.
+SERVICE_MODULES = (
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "pydantic",
+    "pydantic_settings",
+    "cachetools",
+)
+INSTALL_HINT = "pip install -e '.[service]'"
+
+
+def require_service() -> None:
+    """ConfigError (exit 2, one line) naming the install command when a dependency of the service is missing."""
+    missing = []
+    for name in SERVICE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"the service needs its extra dependencies (missing: {', '.join(missing)}); run: {INSTALL_HINT}"
+        )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +75,7 @@ def _settings(url: str | None = None):  # type: ignore[no-untyped-def]
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
+    require_service()
     from service import db
 
     settings = _settings(args.url)
@@ -53,6 +85,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_current(args: argparse.Namespace) -> int:
+    require_service()
     from service import db
 
     settings = _settings(args.url)
@@ -70,6 +103,7 @@ def _db_current(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    require_service()
     import uvicorn
 
     from service import db
@@ -92,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    require_service()
     import logging
     import signal
     import threading

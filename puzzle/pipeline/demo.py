@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +31,14 @@ from puzzle.child.gkd import GKDConfig
 from puzzle.data import cached_tokens, load_tokenizer, read_corpus, split_corpus
 from puzzle.errors import InfeasibleError
 from puzzle.files import key_digest, write_text
-from puzzle.library.space import AttentionOptions, FFNOptions, MambaOptions, SearchSpace
+from puzzle.library.space import SearchSpace
 from puzzle.library.store import ResultStore
+from puzzle.pipeline.report import DemoResult, Row, format_table, write_frontier_html, write_report
+from puzzle.pipeline.stages import demo_build_config, demo_space, library_stage, parent_stage
 from puzzle.presets import Preset, get_preset
-from puzzle.progress import NullProgress, ProgressSink, StepProgress
+from puzzle.progress import NullProgress, ProgressSink, StageTimer, StepProgress
+from puzzle.search.problem import parse_constraint
+from puzzle.search.request import Architecture, SearchRequest
 
 if TYPE_CHECKING:
     from puzzle.library import BlockLibrary
@@ -45,28 +48,6 @@ if TYPE_CHECKING:
 DEMO_PRESET = "tiny-llama"
 METHODS = ("puzzle", "uniform", "depth", "greedy")
 OBJECTIVE = "kl_div"
-
-
-def demo_space() -> SearchSpace:
-    """A compact space that builds in minutes on 2 cores: KV heads 2 / 1, FFN 75 / 50 / 25 %, no-ops."""
-    return SearchSpace(
-        attention=AttentionOptions(kv_heads=(2, 1), linear=False, no_op=True),
-        ffn=FFNOptions(fractions=(1.0, 0.75, 0.5, 0.25), linear=False, no_op=True),
-        mamba=MambaOptions(head_fractions=(1.0, 0.5), no_op=True),
-    )
-
-
-def demo_build_config() -> BuildConfig:
-    from puzzle.library.build import BuildConfig
-    from puzzle.library.distill import BLDConfig
-
-    return BuildConfig(
-        bld=BLDConfig(tokens=65_536, lr=5e-4, batch=8),
-        seq_len=128,
-        distill_sequences=128,
-        holdout_sequences=32,
-        repeats=10,
-    )
 
 
 @dataclass(frozen=True)
@@ -99,71 +80,13 @@ class DemoConfig:
         }
 
 
-@dataclass(frozen=True)
-class Row:
-    budget: float  # fraction of the parent's predicted latency (1.0 for the parent itself)
-    method: str  # parent, puzzle, puzzle+gkd, uniform, uniform+gkd, depth, depth+gkd, greedy, greedy+gkd
-    perplexity: float | None
-    kl: float | None
-    measured_latency_ms: float | None
-    predicted_latency_ms: float | None
-    layers: tuple[str, ...] = ()
-    library_objective: float | None = None
-    note: str = ""
-
-    @property
-    def latency_error_pct(self) -> float | None:
-        if self.measured_latency_ms is None or not self.predicted_latency_ms:
-            return None
-        return 100.0 * (self.measured_latency_ms - self.predicted_latency_ms) / self.predicted_latency_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "layers": list(self.layers), "latency_error_pct": self.latency_error_pct}
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    out_dir: str
-    scenario: str
-    parent_perplexity: float
-    rows: tuple[Row, ...]
-    frontier: list[dict[str, Any]]
-    exports: dict[str, str]
-    timings_s: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "out_dir": self.out_dir,
-            "scenario": self.scenario,
-            "parent_perplexity": self.parent_perplexity,
-            "rows": [r.to_dict() for r in self.rows],
-            "frontier": self.frontier,
-            "exports": self.exports,
-            "timings_s": self.timings_s,
-        }
-
-
 # --- stages -----------------------------------------------------------------------------------------------
-
-
-def _train_parent(cfg: DemoConfig, out: Path, progress: ProgressSink, status: Callable[[str], None]) -> Path:
-    from puzzle.train import train_parent
-
-    on_step = StepProgress(progress, "train parent")
-    result = train_parent(
-        cfg.get_preset(), out / "parent", cfg.corpus, steps=cfg.train_steps, on_step=on_step, on_status=status
-    )
-    on_step.finish()
-    if result.reused:
-        status(f"reusing the parent trained in {out / 'parent'}")
-    return out / "parent"
 
 
 def _build_library(
     cfg: DemoConfig, out: Path, parent_dir: Path, progress: ProgressSink, status: Callable[[str], None]
 ) -> BlockLibrary:
     from puzzle.library import BlockLibrary
-    from puzzle.library.build import build_library
     from puzzle.library.executor import make_executor
 
     lib_dir = out / "library"
@@ -185,22 +108,23 @@ def _build_library(
     status(f"building the block library ({cfg.executor} executor) into {lib_dir}")
     build = replace(cfg.build, corpus=cfg.corpus, held_out_fraction=cfg.get_preset().train.held_out_fraction)
     with make_executor(cfg.executor, workers=cfg.workers) as executor:
-        library = build_library(
-            parent_dir, lib_dir, space=cfg.space, executor=executor, progress=progress, config=build
-        )
+        library = library_stage(parent_dir, out, space=cfg.space, config=build, executor=executor, progress=progress)
     write_text(stamp, json.dumps(key))
     return library
 
 
 def _frontier(library: BlockLibrary, scenario: str, out: Path) -> list[dict[str, Any]]:
     """Every optimal (predicted latency, summed KL) trade-off of the library (the search's exact frontier)."""
-    from puzzle.search import frontier
+    from puzzle.search import run_search
 
     file = out / "frontier.json"
     key = [library.digest(), scenario]
     if file.is_file() and (data := json.loads(file.read_text())).get("key") == key:
         return data["points"]
-    result = frontier(library, OBJECTIVE, "runtime_ms", scenario=scenario).to_dict(with_layers=True)
+    request = SearchRequest(mode="frontier", objective=OBJECTIVE, axis="runtime_ms", scenario=scenario)
+    front = run_search(library, request).frontier
+    assert front is not None
+    result = front.to_dict(with_layers=True)
     points = [{"runtime_ms": p["axis"], "objective": p["objective"], "layers": p["layers"]} for p in result["points"]]
     write_text(file, json.dumps({"key": key, "points": points, "frontier": result}, indent=1) + "\n")
     return points
@@ -208,21 +132,25 @@ def _frontier(library: BlockLibrary, scenario: str, out: Path) -> list[dict[str,
 
 def choose(library: BlockLibrary, method: str, budget: float, scenario: str) -> tuple[list[str], dict[str, Any]]:
     """Variant names per layer chosen by ``method`` under ``runtime_ms <= budget x parent`` in ``scenario``."""
-    from puzzle.child.assess import predicted_cost
     from puzzle.child.baselines import depth_pruning, uniform_width
+    from puzzle.search import run_search
+    from puzzle.search.views import total
 
-    constraint = f"runtime_ms<={budget * 100:g}%"
+    constraint = parse_constraint(f"runtime_ms<={budget * 100:g}%")
     if method in ("puzzle", "greedy"):
-        from puzzle.search import greedy, solve
-
-        search = solve if method == "puzzle" else greedy
-        result = search(library, OBJECTIVE, [constraint], scenario=scenario)
-        solution = result.to_dict()
+        request = SearchRequest(
+            objective=OBJECTIVE,
+            constraints=(constraint,),
+            scenario=scenario,
+            solver=None if method == "puzzle" else "greedy",
+        )
+        solution = run_search(library, request).solutions[0].to_dict()
         return list(solution["layers"]), solution
-    limit = budget * predicted_cost(library, [layer.parent.name for layer in library.layers], "runtime_ms", scenario)
+    parent = Architecture(tuple(layer.parent_index for layer in library.layers))
+    limit = budget * total(library, parent, "runtime_ms", scenario)
     fn = uniform_width if method == "uniform" else depth_pruning
     layers = fn(library, limit, scenario=scenario, metric=OBJECTIVE)
-    return layers, {"layers": layers, "constraints": [constraint], "solver": method, "metric": OBJECTIVE}
+    return layers, {"layers": layers, "constraints": [str(constraint)], "solver": method, "metric": OBJECTIVE}
 
 
 @dataclass
@@ -291,7 +219,7 @@ def _child(ctx: _Context, layers: Sequence[str], gkd: bool, need_model: bool) ->
 
 
 def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> list[Row]:
-    from puzzle.child.export import build_manifest, export_child, predicted_costs
+    from puzzle.child.export import export_point
 
     rows = []
     for method in ctx.cfg.methods:
@@ -327,19 +255,21 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
             if export and exported:
                 exports[f"{budget:g}"] = str(target)
             elif export and child is not None:
-                manifest = build_manifest(
-                    parent_digest=ctx.library.parent.get("digest"),
-                    library_digest=ctx.library.digest(),
-                    layers=layers,
+                export_point(
+                    ctx.library,
+                    ctx.out / "library",
+                    Architecture.from_names(ctx.library, layers),
+                    target,
+                    model=child,
+                    tokenizer_dir=ctx.out / "parent",
                     objective={"metric": OBJECTIVE, "value": solution.get("objective")},
                     constraints=solution.get("constraints", ()),
-                    predicted_costs=predicted_costs(ctx.library, layers),
                     measured_costs={f"runtime_ms@{ctx.scenario}": record["measured_ms"]},
                     solver=solution.get("solver"),
                     scenario=ctx.scenario,
                     extra={"gkd": record.get("gkd"), "perplexity": record["perplexity"], "kl": record["kl"]},
+                    force=True,
                 )
-                export_child(child, target, manifest=manifest, tokenizer_dir=ctx.out / "parent", force=True)
                 exports[f"{budget:g}"] = str(target)
     return rows
 
@@ -386,20 +316,25 @@ def run_demo(
     status = on_status or (lambda _msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
+    timer = StageTimer()
 
-    parent_dir = _train_parent(cfg, out, progress, status)
-    timings["parent"] = time.perf_counter() - t
-    t = time.perf_counter()
+    parent_dir = parent_stage(
+        cfg.get_preset(),
+        out,
+        corpus=cfg.corpus,
+        train_steps=cfg.train_steps,
+        progress=progress,
+        status=status,
+        train_stage="train parent",
+        report_reused=False,
+    )
+    timer.lap("parent")
     library = _build_library(cfg, out, parent_dir, progress, status)
-    timings["library"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timer.lap("library")
     scenario = library.resolve_scenario(cfg.scenario)
     assert scenario is not None
     frontier = _frontier(library, scenario, out) if cfg.frontier else []
-    timings["frontier"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timer.lap("frontier")
 
     torch.manual_seed(0)
     parent = load_pretrained(parent_dir)
@@ -440,7 +375,7 @@ def run_demo(
     for budget in cfg.budgets:
         rows += _rows_for_budget(ctx, budget, exports)
     progress.finish("children")
-    timings["children"] = time.perf_counter() - t
+    timer.lap("children")
 
     result = DemoResult(
         str(out),
@@ -449,93 +384,12 @@ def run_demo(
         tuple(rows),
         frontier,
         exports,
-        {k: round(v, 1) for k, v in timings.items()},
+        timer.rounded(1),
     )
-    write_text(out / "report.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    write_report(out / "report.json", result)
     parent_pred = predicted_cost(library, parent_names, "runtime_ms", scenario)
     write_frontier_html(out / "frontier.html", frontier, rows, parent_pred, scenario)
     return result
 
 
-# --- report ----------------------------------------------------------------------------------------------
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """The report as a fixed-width text table."""
-    lines = [
-        f"{'budget':>6}  {'method':<12} {'perplexity':>10} {'KL':>8} {'measured ms':>11} {'predicted ms':>12} {'err %':>6}"
-    ]
-    for r in rows:
-
-        def num(v: float | None, fmt: str) -> str:
-            return format(v, fmt) if v is not None else "-"
-
-        lines.append(
-            f"{r.budget:>6.0%}  {r.method:<12} {num(r.perplexity, '10.3f')} {num(r.kl, '8.4f')} "
-            f"{num(r.measured_latency_ms, '11.3f')} {num(r.predicted_latency_ms, '12.3f')} "
-            f"{num(r.latency_error_pct, '+6.1f')}" + (f"  {r.note}" if r.note else "")
-        )
-    return "\n".join(lines)
-
-
-def write_frontier_html(
-    path: Path, frontier: list[dict[str, Any]], rows: Sequence[Row], parent_latency: float, scenario: str
-) -> None:
-    """Two panels: the library frontier (predicted latency vs summed KL) with every method's pick on it, and
-    measured latency vs held-out perplexity of the evaluated children. plotly.js is inlined (no CDN)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=(
-            f"Pareto frontier ({scenario}): predicted latency vs summed block KL",
-            "Evaluated children: measured latency vs held-out perplexity",
-        ),
-    )
-    pts = sorted((p for p in frontier if p.get("runtime_ms") is not None), key=lambda p: p["runtime_ms"])
-    fig.add_trace(
-        go.Scatter(
-            x=[100 * p["runtime_ms"] / parent_latency for p in pts],
-            y=[p["objective"] for p in pts],
-            mode="lines+markers",
-            name="frontier (MIP)",
-        ),
-        row=1,
-        col=1,
-    )
-    for method in sorted({r.method for r in rows}):
-        mine = [r for r in rows if r.method == method and r.perplexity is not None]
-        if not mine:
-            continue
-        if not method.endswith("+gkd") and method != "parent":
-            fig.add_trace(
-                go.Scatter(
-                    x=[100 * r.predicted_latency_ms / parent_latency for r in mine],
-                    y=[r.library_objective for r in mine],
-                    mode="markers",
-                    name=f"{method} pick",
-                    marker={"size": 10, "symbol": "diamond"},
-                ),
-                row=1,
-                col=1,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=[r.measured_latency_ms for r in mine],
-                y=[r.perplexity for r in mine],
-                mode="markers",
-                name=method,
-                text=[f"budget {r.budget:.0%}" for r in mine],
-                marker={"size": 9},
-            ),
-            row=1,
-            col=2,
-        )
-    fig.update_xaxes(title_text="predicted latency (% of parent)", row=1, col=1)
-    fig.update_yaxes(title_text="sum of replace-one-block KL", row=1, col=1)
-    fig.update_xaxes(title_text="measured latency (ms)", row=1, col=2)
-    fig.update_yaxes(title_text="held-out perplexity", type="log", row=1, col=2)
-    fig.update_layout(title="Puzzle demo", height=520, width=1200)
-    write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+__all__ = ["DemoConfig", "DemoResult", "Row", "choose", "demo_build_config", "demo_space", "format_table", "run_demo"]

@@ -1,18 +1,20 @@
 """Architecture search over a block library: exact MIP, Pareto frontier, diverse pools, greedy baseline.
 
+    request.py   typed requests: ``SearchRequest`` (parsed once at the edge), ``Architecture`` (choices)
+    run.py       the one dispatcher: ``run_search(library, request, progress=...) -> SearchResult``
+    views.py     whole-model totals (the one function), summaries, points and per-layer views
     problem.py   the model (variables, objective, numbered constraints) and constraint parsing
     solvers/     backends behind ``Solver.solve(problem) -> Solution`` (dp: the exact default; cpsat, scip,
-                 highs, cbc)
-    pareto.py    the exact DP engine shared by the dp solver and the frontier
-    staircase.py the exact 2-D (one cost, objective) DP: relaxed frontier and suffix bound tables
+                 highs, cbc); ``solvers/dp_states.py`` the exact DP shared by the dp solver and the frontier
+    pareto/      ``frontier.py`` exact Pareto frontier of the objective against one cost axis;
+                 ``staircase.py`` the exact 2-D (one cost, objective) DP: relaxed frontier and suffix bounds
     verify.py    independent re-summing of every solution
     diagnose.py  infeasibility: the binding constraint and its best achievable value
-    pareto_front.py exact Pareto frontier of the objective against one cost axis
     pool.py      n solutions pairwise at least d layers apart
     greedy_baseline.py the paper's greedy baseline
 
-Entry points here take a library, an objective (metric name) and constraint strings such as
-``runtime_ms<=50%``; they return frozen results with ``to_dict()``.
+The functions below take a library, an objective (metric name) and constraints (``Constraint`` objects or
+texts such as ``runtime_ms<=50%``); they return frozen results with ``to_dict()``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Callable, Sequence
 from puzzle.errors import InfeasibleError
 from puzzle.library import BlockLibrary
 from puzzle.search.problem import Constraint, Objective, Problem, build_problem, parse_constraint, parse_objective
+from puzzle.search.request import SEARCH_MODES, Architecture, RequestError, SearchRequest
+from puzzle.search.run import SearchResult, run_search
 from puzzle.search.solution import Solution
 from puzzle.search.solvers import DEFAULT_SOLVER, SOLVER_NAMES, Solver, get_solver
 
@@ -96,10 +100,15 @@ def greedy(
 
 __all__ = [
     "DEFAULT_SOLVER",
+    "SEARCH_MODES",
     "SOLVER_NAMES",
+    "Architecture",
     "Constraint",
     "Objective",
     "Problem",
+    "RequestError",
+    "SearchRequest",
+    "SearchResult",
     "Solution",
     "Solver",
     "build_problem",
@@ -109,6 +118,7 @@ __all__ = [
     "greedy",
     "parse_constraint",
     "parse_objective",
+    "run_search",
     "solve",
     "solve_problem",
 ]

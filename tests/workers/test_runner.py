@@ -13,7 +13,6 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from service import crud, db
-from service import search as search_ops
 from service.settings import Settings
 from tests.service.fixtures import REPO, make_library, search_job
 from workers.runner import Worker
@@ -242,11 +241,18 @@ def test_two_worker_processes_run_each_job_once(client: TestClient, settings: Se
         assert len(starts) == 1 and starts[0]["data"]["worker"] == job["worker_id"]
 
 
+def _run_search(library: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a search job stores for ``spec`` (puzzle's one dispatcher over the spec's request)."""
+    from puzzle.search import SearchRequest, run_search
+
+    return run_search(library, SearchRequest.from_dict(spec)).to_dict()
+
+
 def test_search_result_shape_for_solve_and_diverse(settings: Settings, small_library: dict) -> None:
     library = make_library()
-    solved = search_ops.run_search(library, search_job(small_library["id"], constraints=["runtime_ms<=60%"]))
+    solved = _run_search(library, search_job(small_library["id"], constraints=["runtime_ms<=60%"]))
     assert len(solved["points"]) == 1 and len(solved["points"][0]["choices"]) == library.n_layers
-    diverse = search_ops.run_search(
+    diverse = _run_search(
         library, search_job(small_library["id"], mode="diverse", n=3, d=2, constraints=["runtime_ms<=60%"])
     )
     assert len(diverse["points"]) == 3

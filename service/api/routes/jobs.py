@@ -14,8 +14,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 from service import crud, libraries, pipelines, search
 from service.api.deps import MAX_ID, JobIdPath, SessionDep, SettingsDep, WriteAccess
 from service.artifacts import inside
-from service.errors import ConflictError
-from service.models import TERMINAL_STATES, Job, JobEvent
+from service.errors import ConflictError, invalid
+from service.models import TERMINAL_STATES, Job
 from service.schemas import (
     ArchitecturePublic,
     JobCreate,
@@ -26,38 +26,12 @@ from service.schemas import (
     JobsPublic,
     JobState,
     PipelineJobCreate,
-    Progress,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 SSE_POLL_S = 0.25
 SSE_KEEPALIVE_S = 15.0
-
-
-def job_public(job: Job) -> JobPublic:
-    return JobPublic(
-        id=job.id,
-        kind=job.kind,
-        state=job.state,  # type: ignore[arg-type]
-        spec=job.spec,
-        library_id=job.library_id,
-        attempts=job.attempts,
-        max_attempts=job.max_attempts,
-        cancel_requested=job.cancel_requested,
-        worker_id=job.worker_id,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        heartbeat_at=job.heartbeat_at,
-        progress=Progress(stage=job.stage, done=job.progress_done, total=job.progress_total, eta_s=job.eta_s),
-        error=job.error,
-        has_result=job.result is not None,
-    )
-
-
-def event_public(event: JobEvent) -> JobEventPublic:
-    return JobEventPublic(id=event.id, job_id=event.job_id, at=event.at, type=event.type, data=event.data)
 
 
 @router.post(
@@ -75,7 +49,10 @@ def submit_job(
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobPublic:
-    """Queue a job (202 + Location). A replay with the same Idempotency-Key and body returns the same job."""
+    """Queue a job (202 + Location). A replay with the same Idempotency-Key and body returns the same job.
+
+    The body is validated once into puzzle's request (a pipeline's, or a search's against its library); the
+    stored spec is the body's JSON, which the worker turns back into the request with one ``from_dict``."""
     spec = body.model_dump(mode="json", exclude={"max_attempts"})
     library_id = None
     if isinstance(body, PipelineJobCreate):
@@ -83,10 +60,10 @@ def submit_job(
     else:
         ref = crud.library_ref(session, library_id=body.library_id)
         if ref is None:
-            raise search.invalid(
-                "library_id", f"no library with id {body.library_id}; upload one with POST /api/v1/libraries"
+            raise invalid(
+                ["body", "library_id"], f"no library with id {body.library_id}; upload one with POST /api/v1/libraries"
             )
-        search.validate_params(libraries.load(settings.artifacts, *ref), body)
+        search.search_request(libraries.load(settings.artifacts, *ref), spec, where=["body"])
         library_id = body.library_id
     job, replayed = crud.submit_job(
         session,
@@ -100,7 +77,7 @@ def submit_job(
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id).path)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return job_public(job)
+    return JobPublic.model_validate(job)
 
 
 @router.get("", response_model=JobsPublic)
@@ -115,12 +92,12 @@ def list_jobs(
     rows, next_cursor = crud.list_jobs(
         session, limit=limit, cursor=cursor, states=list(state or []), kinds=list(kind or [])
     )
-    return JobsPublic(data=[job_public(j) for j in rows], next_cursor=next_cursor)
+    return JobsPublic(data=[JobPublic.model_validate(j) for j in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: JobIdPath, session: SessionDep) -> JobPublic:
-    return job_public(crud.get_job(session, job_id=job_id))
+    return JobPublic.model_validate(crud.get_job(session, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", dependencies=[WriteAccess], response_model=JobPublic, status_code=202)
@@ -128,7 +105,7 @@ def cancel_job(job_id: JobIdPath, session: SessionDep) -> JobPublic:
     """Cancel a queued job now, or ask a running one to stop at its next check (409 once finished)."""
     job = crud.cancel_job(session, job_id=job_id)
     session.commit()
-    return job_public(job)
+    return JobPublic.model_validate(job)
 
 
 @router.get("/{job_id}/events", response_model=JobEventsPublic)
@@ -141,7 +118,9 @@ def list_job_events(
     """The job's event log in order; poll with ``after=<last_id>``."""
     crud.get_job(session, job_id=job_id)
     events = crud.list_events(session, job_id=job_id, after=after, limit=limit)
-    return JobEventsPublic(data=[event_public(e) for e in events], last_id=events[-1].id if events else after)
+    return JobEventsPublic(
+        data=[JobEventPublic.model_validate(e) for e in events], last_id=events[-1].id if events else after
+    )
 
 
 @router.get(
@@ -165,13 +144,15 @@ async def stream_job_events(
             if start > MAX_ID:
                 raise ValueError(last_event_id)
         except ValueError as exc:
-            raise search.invalid("Last-Event-ID", f"Last-Event-ID must be an event id, got {last_event_id!r}") from exc
+            raise invalid(
+                ["body", "Last-Event-ID"], f"Last-Event-ID must be an event id, got {last_event_id!r}"
+            ) from exc
 
     def fetch(cursor: int) -> tuple[list[dict[str, Any]], str]:
         with sessions() as session:
             job = crud.get_job(session, job_id=job_id)
             events = crud.list_events(session, job_id=job_id, after=cursor, limit=500)
-            return [event_public(e).model_dump(mode="json") for e in events], job.state
+            return [JobEventPublic.model_validate(e).model_dump(mode="json") for e in events], job.state
 
     first, _ = await to_thread.run_sync(fetch, start)  # 404 before the stream starts
 

@@ -10,29 +10,9 @@ from service import crud, libraries, search
 from service.api.deps import LibraryIdPath, SessionDep, SettingsDep, WriteAccess
 from service.artifacts import inside
 from service.errors import ConflictError
-from service.models import Library
-from service.schemas import LibrariesPublic, LibraryCreate, LibraryPublic, ScenarioPublic, SolutionPublic, SolveRequest
+from service.schemas import FrontierPublic, LibrariesPublic, LibraryCreate, LibraryPublic, SolutionPublic, SolveRequest
 
 router = APIRouter(prefix="/libraries", tags=["libraries"])
-
-
-def library_public(row: Library) -> LibraryPublic:
-    s = row.summary
-    return LibraryPublic(
-        id=row.id,
-        name=row.name,
-        digest=row.digest,
-        format=row.format,
-        n_layers=row.n_layers,
-        n_variants=row.n_variants,
-        family=s.get("family"),
-        hidden_size=s.get("hidden_size"),
-        metric_keys=s.get("metric_keys", []),
-        cost_keys=s.get("cost_keys", []),
-        scenarios=[ScenarioPublic(**x) for x in s.get("scenarios", [])],
-        default_scenario=s.get("default_scenario"),
-        created_at=row.created_at,
-    )
 
 
 @router.post(
@@ -54,7 +34,7 @@ def upload_library(
             raise ConflictError(f"a library named {body.name!r} already exists with other content; choose another name")
         response.status_code = 200
         response.headers["Location"] = str(request.url_for("get_library", library_id=existing.id).path)
-        return library_public(existing)
+        return LibraryPublic.model_validate(existing)
     path = libraries.store(settings.artifacts, library)
     row = crud.create_library(
         session,
@@ -68,7 +48,7 @@ def upload_library(
     )
     session.commit()
     response.headers["Location"] = str(request.url_for("get_library", library_id=row.id).path)
-    return library_public(row)
+    return LibraryPublic.model_validate(row)
 
 
 @router.get("", response_model=LibrariesPublic)
@@ -78,15 +58,19 @@ def list_libraries(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> LibrariesPublic:
     rows, next_cursor = crud.list_libraries(session, limit=limit, cursor=cursor)
-    return LibrariesPublic(data=[library_public(r) for r in rows], next_cursor=next_cursor)
+    return LibrariesPublic(data=[LibraryPublic.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{library_id}", response_model=LibraryPublic)
 def get_library(library_id: LibraryIdPath, session: SessionDep) -> LibraryPublic:
-    return library_public(crud.get_library(session, library_id=library_id))
+    return LibraryPublic.model_validate(crud.get_library(session, library_id=library_id))
 
 
-@router.get("/{library_id}/frontier", response_class=Response, responses={200: search.FRONTIER_RESPONSE})
+@router.get(
+    "/{library_id}/frontier",
+    response_class=Response,
+    responses={200: {"model": FrontierPublic, "description": "Pareto frontier, points sorted by the axis"}},
+)
 def get_frontier(
     library_id: LibraryIdPath,
     request: Request,
@@ -106,18 +90,15 @@ def get_frontier(
 ) -> Response:
     """The Pareto frontier of objective vs ``axis`` (cached per library and query)."""
     row = crud.get_library(session, library_id=library_id)
-    raw, compressed = search.frontier_json(
-        settings,
-        session,
-        row,
-        objective=objective,
-        axis=axis,
-        scenario=scenario,
-        lo=lo,
-        hi=hi,
-        constraints=tuple(constraint or ()),
-        view=view,
-    )
+    query = {
+        "objective": objective,
+        "axis": axis,
+        "scenario": scenario,
+        "lo": lo,
+        "hi": hi,
+        "constraints": list(constraint or ()),
+    }
+    raw, compressed = search.frontier_json(settings, session, row, query, view=view)
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(
             compressed, media_type="application/json", headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}

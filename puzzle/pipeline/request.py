@@ -1,0 +1,163 @@
+"""``PipelineRequest``: parent -> library -> search -> export, as one typed request (a REST body, a job spec).
+
+Names only, never paths: ``parent`` is a preset (``puzzle.presets.PRESETS``, trained by the pipeline) or the name
+of a Hugging Face directory under a parents folder; ``corpus`` the name of a file or folder under a corpora
+folder. Where those folders are is the caller's (the service: ``PUZZLE_ARTIFACTS/parents`` and ``/corpora``).
+``from_dict`` lists every problem at once (``RequestError``); ``input_problems`` checks the named inputs exist.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from puzzle.presets import PRESETS
+from puzzle.search.request import Problems, RequestError, SearchRequest
+
+PARENT_PRESETS: tuple[str, ...] = tuple(PRESETS)
+SPACE_PRESETS = ("tiny", "demo", "default")
+BUILT_METRICS = ("kl_div", "lm_loss", "cosine")  # what every built library records (puzzle.library.score)
+# Names are labels only (never paths): letters, digits, '_', '.', '-', starting with a letter or digit.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+MAX_EXPORT_POINTS = 16
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How the block library is built (``puzzle.library.build``). The defaults are small: minutes on a CPU."""
+
+    space: str = "demo"  # a SPACE_PRESETS name (``puzzle.pipeline.stages.space_preset``)
+    bld_tokens: int = 65_536
+    seq_len: int = 128
+    distill_sequences: int = 128
+    holdout_sequences: int = 32
+    held_out_fraction: float | None = None  # None: the preset's, 0.05 for a directory parent
+    latency_repeats: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_points_problem(search: SearchRequest, points: tuple[int, ...], export: bool) -> str | None:
+    """Why ``points`` cannot be exported from ``search``'s result (None when they can, or are unknown yet)."""
+    n = 1 if search.mode == "solve" else search.n if search.mode == "diverse" else None
+    if export and n is not None and points and max(points) >= n:
+        return f"export_points must be below {n}: a {search.mode} search gives {n} point(s)"
+    return None
+
+
+@dataclass(frozen=True)
+class PipelineRequest:
+    """One pipeline run (see the module docstring)."""
+
+    parent: str
+    train_steps: int | None = None  # preset parents: optimizer steps (None: the preset's)
+    corpus: str | None = None  # None: the default corpus (the Python standard library)
+    build: BuildSettings = field(default_factory=BuildSettings)
+    search: SearchRequest = field(default_factory=SearchRequest)
+    export: bool = True
+    export_points: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise RequestError(problems)
+
+    @property
+    def is_preset(self) -> bool:
+        return self.parent in PARENT_PRESETS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parent": self.parent,
+            "train_steps": self.train_steps,
+            "corpus": self.corpus,
+            "build": self.build.to_dict(),
+            "search": self.search.to_dict(),
+            "export": self.export,
+            "export_points": list(self.export_points),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineRequest:
+        """Parse ``data`` (keys of ``to_dict``; others ignored), listing every problem at once."""
+        problems: Problems = []
+        search = SearchRequest()
+        try:
+            search = SearchRequest.from_dict(data.get("search") or {})
+        except RequestError as exc:
+            problems += [(("search", *loc), msg) for loc, msg in exc.problems]
+            objective = (data.get("search") or {}).get("objective", search.objective)
+            if (problem := _objective_problem(objective)) is not None:
+                problems.append((("search", "objective"), problem))
+        build_data = dict(data.get("build") or {})
+        unknown = sorted(set(build_data) - set(BuildSettings.__dataclass_fields__))
+        if unknown:
+            problems.append((("build",), f"unknown build settings {', '.join(unknown)}"))
+        build = BuildSettings(**{k: v for k, v in build_data.items() if k not in unknown})
+        fields = {
+            "parent": data.get("parent"),
+            "train_steps": data.get("train_steps"),
+            "corpus": data.get("corpus"),
+            "export": bool(data.get("export", True)),
+            "export_points": tuple(data.get("export_points") or (0,)),
+        }
+        try:
+            request = cls(build=build, search=search, **fields)
+        except RequestError as exc:
+            problems += exc.problems
+            request = None
+        if problems or request is None:
+            raise RequestError(problems)
+        return request
+
+
+def input_problems(parent: str, corpus: str | None, parents: Path, corpora: Path, *, where: str = "") -> Problems:
+    """The named parent directory and corpus, if not there (``where``: how to name their folders to users)."""
+    problems: Problems = []
+    if parent not in PARENT_PRESETS and not (parents / parent / "config.json").is_file():
+        problems.append(
+            (
+                ("parent",),
+                f"parent {parent!r} is neither a preset ({', '.join(PARENT_PRESETS)}) nor a Hugging Face "
+                f"directory under {where}parents/ (known there: {_known(parents)})",
+            )
+        )
+    if corpus is not None and not (corpora / corpus).exists():
+        problems.append((("corpus",), f"no corpus {corpus!r} under {where}corpora/ (known there: {_known(corpora)})"))
+    return problems
+
+
+def _known(folder: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else []
+    return ", ".join(names) if names else "none"
+
+
+def _objective_problem(objective: Any) -> str | None:
+    if objective in BUILT_METRICS:
+        return None
+    return f"unknown objective {objective!r}: a built library has {', '.join(BUILT_METRICS)}"
+
+
+def _problems(r: PipelineRequest) -> Problems:
+    problems: Problems = []
+    for name in ("parent", "corpus"):
+        value = getattr(r, name)
+        if (value is not None or name == "parent") and not (isinstance(value, str) and re.match(NAME_PATTERN, value)):
+            problems.append(((name,), f"{name} must be a name (letters, digits, '_', '.', '-'), never a path"))
+    if r.train_steps is not None and not r.is_preset:
+        problems.append((("train_steps",), "train_steps applies to preset parents only"))
+    if r.build.space not in SPACE_PRESETS:
+        problems.append(
+            (("build", "space"), f"unknown space preset {r.build.space!r}; choose one of {', '.join(SPACE_PRESETS)}")
+        )
+    if (problem := _objective_problem(r.search.objective)) is not None:
+        problems.append((("search", "objective"), problem))
+    if not 1 <= len(r.export_points) <= MAX_EXPORT_POINTS or any(k < 0 for k in r.export_points):
+        problems.append((("export_points",), f"export_points: 1 to {MAX_EXPORT_POINTS} indices >= 0"))
+    elif (problem := export_points_problem(r.search, r.export_points, r.export)) is not None:
+        problems.append((("export_points",), problem))
+    return problems

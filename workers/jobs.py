@@ -1,0 +1,87 @@
+"""The job kinds a worker runs, each a thin adapter over ``puzzle`` (the job context is the progress sink).
+
+    search    ``puzzle.search.run_search`` over a stored library
+    pipeline  ``puzzle.pipeline.stages.run_pipeline`` in the job's work folder, on Ray (``PUZZLE_RAY_ADDRESS``
+              joins a cluster, else a local one is started); the built library is stored like an upload
+              (``job.library_id``) before the search; each exported point is served by ``GET /jobs/{id}/export``
+
+A job's spec is the JSON its REST body was validated into; it becomes puzzle's request with one ``from_dict``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from puzzle.pipeline.request import PipelineRequest
+from puzzle.search.request import SearchRequest
+from service import crud, db, pipelines
+from service import libraries as library_store
+from service.errors import ConflictError
+
+if TYPE_CHECKING:
+    from puzzle.library import BlockLibrary
+    from workers.runner import JobContext
+
+
+def run_search_job(ctx: JobContext) -> dict[str, Any]:
+    """A ``search`` job: solve / frontier / diverse over a stored library."""
+    from puzzle.search import run_search
+
+    with ctx.sessions() as session:
+        row = crud.get_library(session, library_id=int(ctx.spec["library_id"]))
+        library = library_store.load(ctx.settings.artifacts, row.path, row.digest)
+    ctx.check()
+    return run_search(library, SearchRequest.from_dict(ctx.spec), progress=ctx, check=ctx.check).to_dict()
+
+
+def run_pipeline_job(ctx: JobContext) -> dict[str, Any]:
+    """A ``pipeline`` job: resumes from the job's work folder (``service.pipelines`` lays it out)."""
+    from puzzle.library.executor import make_executor
+    from puzzle.pipeline.stages import run_pipeline
+
+    request = PipelineRequest.from_dict(ctx.spec)
+    work = pipelines.work_dir(ctx.settings, ctx.job_id)
+    address = ctx.settings.ray_address or os.environ.get("RAY_ADDRESS") or None
+    with make_executor("ray", address=address) as executor:
+        result = run_pipeline(
+            request,
+            work,
+            parent_dir=None if request.is_preset else pipelines.parent_dir(ctx.settings, request.parent),
+            corpus=pipelines.corpus_path(ctx.settings, request.corpus),
+            executor=executor,
+            progress=ctx,
+            check=ctx.check,
+            on_library=lambda library: _register(ctx, library, work / "library"),
+            extra={"job_id": ctx.job_id},
+        )
+    return result.to_dict(relative=lambda path: pipelines.relative(ctx.settings, path))
+
+
+def _register(ctx: JobContext, library: BlockLibrary, folder: Path) -> dict[str, Any]:
+    """Store the built library like an upload (frontier, solve and the dashboard work on it); sets job.library_id."""
+    digest = library.digest()
+    name = f"job{ctx.job_id}-{digest[:12]}"
+    path = pipelines.relative(ctx.settings, folder)
+    with db.session_scope(ctx.sessions) as session:
+        row = crud.get_library_by_name(session, name=name)
+        if row is None:
+            row = crud.create_library(
+                session,
+                name=name,
+                fmt="puzzle",
+                digest=digest,
+                path=path,
+                n_layers=library.n_layers,
+                n_variants=library.n_variants,
+                summary=library_store.summary(library),
+            )
+        elif row.digest != digest or row.path != path:
+            raise ConflictError(f"library {name!r} exists with other content; cannot register job {ctx.job_id}'s")
+        crud.attach_library(session, job_id=ctx.job_id, worker_id=ctx.worker_id, library_id=row.id)
+        return {"library_id": row.id, "library_name": name, "library_digest": digest}
+
+
+RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {"search": run_search_job, "pipeline": run_pipeline_job}
