@@ -7,18 +7,15 @@ re-queued after its worker went silent can never be finished twice. Events are o
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy import CursorResult, String, Update, and_, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from puzzle.errors import ConfigError
+from service.encoding import body_hash, decode_cursor, encode_cursor
 from service.errors import ConflictError, NotFoundError
 from service.models import TERMINAL_STATES, IdempotencyKey, Job, JobEvent, Library, utcnow
 
@@ -36,30 +33,6 @@ def _updated(session: Session, statement: Update) -> int:
     result = session.execute(statement)
     assert isinstance(result, CursorResult)
     return result.rowcount
-
-
-def body_hash(body: Any) -> str:
-    """SHA-256 of the canonical JSON of a request body."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-# --- cursors -------------------------------------------------------------------------------------------------
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, value = raw.partition(":")
-        number = int(value)
-        if prefix != "id" or not 0 < number < 2**63:
-            raise ValueError(raw)
-        return number
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cursor {cursor!r} is not one this API returned; pass next_cursor unchanged") from exc
 
 
 # --- libraries -----------------------------------------------------------------------------------------------
@@ -456,14 +429,9 @@ def requeue_stale(session: Session, *, stale_after_s: float, now: datetime | Non
     return touched
 
 
-def get_library_or_none(session: Session, *, library_id: int) -> Library | None:
-    return session.get(Library, library_id)
-
-
 # Stored libraries never change and are never deleted: where one lives is remembered per process and database,
 # which saves every job submission a round trip.
-_LIBRARY_REFS: dict[tuple[str, int], tuple[str, str]] = {}
-_LIBRARY_REFS_SIZE = 4096
+_LIBRARY_REFS: LRUCache[tuple[str, int], tuple[str, str]] = LRUCache(4096)
 
 
 def library_ref(session: Session, *, library_id: int) -> tuple[str, str] | None:
@@ -474,7 +442,5 @@ def library_ref(session: Session, *, library_id: int) -> tuple[str, str] | None:
         row = session.get(Library, library_id)
         if row is None:
             return None
-        if len(_LIBRARY_REFS) >= _LIBRARY_REFS_SIZE:
-            _LIBRARY_REFS.clear()
         ref = _LIBRARY_REFS[key] = (row.path, row.digest)
     return ref

@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from puzzle.errors import CheckpointError, LibraryError
+from puzzle.library.distill import MODULE as _MODULE  # BlockSpec field -> module attribute of puzzle.model.Block
 
 if TYPE_CHECKING:
     import torch
 
     from puzzle.library import BlockLibrary
     from puzzle.model import CausalLM
-
-# BlockSpec field -> module attribute of puzzle.model.Block
-_MODULE = {"mamba": "mamba", "attention": "attn", "ffn": "ffn"}
 
 
 def chosen_layers(solution: Any) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from puzzle.errors import DataError
 from puzzle.files import key_digest, save_tensors, write_json
 from puzzle.library import BlockLibrary, Layer, Scenario, Variant
 from puzzle.library.distill import (
+    SPEC_TYPES,
     BLDConfig,
     activation_dir,
     bld_task,
@@ -40,7 +41,7 @@ from puzzle.library.executor import Executor, LocalExecutor, Task
 from puzzle.library.score import score_task
 from puzzle.library.space import SUBBLOCKS, LayerSpace, SearchSpace, default_space, expand, variant_name
 from puzzle.library.store import ResultStore
-from puzzle.progress import NullProgress, ProgressSink
+from puzzle.progress import NullProgress, ProgressSink, StageTimer
 
 
 @dataclass(frozen=True)
@@ -202,16 +203,8 @@ def build_library(
     out, work = Path(out_dir), Path(out_dir) / "work"
     store = ResultStore(work / "results")
 
-    import time
-
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = now - clock
-        clock = now
+    timer = StageTimer()
+    lap = timer.lap
 
     progress.start("prepare", 1)
     prep = prepare(parent_dir, work, config)
@@ -383,7 +376,7 @@ def build_library(
     library.save(out)
     lap("assemble")
     report = {
-        "seconds": timings,
+        "seconds": timer.seconds,
         "executor": executor.name,
         "units": [
             {
@@ -405,10 +398,9 @@ def build_library(
 
 
 def variant_name_part(kind: str, spec: dict[str, Any], parent: BlockSpec) -> str:
-    from puzzle.arch import AttentionSpec, FFNSpec, MambaSpec
     from puzzle.library.space import subblock_name
 
-    cls = {"attention": AttentionSpec, "ffn": FFNSpec, "mamba": MambaSpec}[kind]
+    cls = SPEC_TYPES[kind]
     return subblock_name(kind, cls.from_dict(spec), getattr(parent, kind))  # type: ignore[arg-type]
 
 

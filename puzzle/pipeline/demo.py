@@ -295,6 +295,36 @@ def _summary(library: BlockLibrary, layers: Sequence[str]) -> str:
     return f"{kept} parent layers, {removed} removed, {len(layers) - kept - removed} changed"
 
 
+def _context(
+    cfg: DemoConfig,
+    out: Path,
+    library: BlockLibrary,
+    scenario: str,
+    parent_dir: Path,
+    progress: ProgressSink,
+    status: Callable[[str], None],
+    cache_dir: str | os.PathLike[str] | None,
+) -> _Context:
+    """What the children stage needs: the parent, held-out evaluation (and GKD validation) tokens, GKD rows."""
+    import torch
+
+    from puzzle.data import pack_tensor
+    from puzzle.model import load_pretrained
+
+    torch.manual_seed(0)
+    parent = load_pretrained(parent_dir)
+    tokenizer = load_tokenizer(parent_dir)
+    train_docs, held_docs = split_corpus(read_corpus(cfg.corpus), cfg.get_preset().train.held_out_fraction)
+    held = cached_tokens(held_docs, tokenizer, "held_out", cache_dir)
+    n_eval = cfg.eval_sequences * cfg.eval_seq_len + 1
+    val_tokens = held[-n_eval:] if len(held) >= 2 * n_eval else None
+    if val_tokens is None:
+        status(f"held-out text too short for a validation slice ({len(held)} tokens): GKD results kept as trained")
+    gkd_rows = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache_dir), cfg.gkd.seq_len)
+    store = ResultStore(out / "results")
+    return _Context(cfg, out, library, scenario, parent, held[:n_eval], val_tokens, gkd_rows, store, progress, status)
+
+
 def run_demo(
     out_dir: str | os.PathLike[str],
     config: DemoConfig | None = None,
@@ -304,12 +334,8 @@ def run_demo(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> DemoResult:
     """Run (or finish) the whole demo into ``out_dir``; see the module docstring for the stages."""
-    import torch
-
     from puzzle.child.assess import measure_latency, predicted_cost
     from puzzle.child.evaluate import evaluate
-    from puzzle.data import pack_tensor
-    from puzzle.model import load_pretrained
 
     cfg = config or DemoConfig()
     progress = progress or NullProgress()
@@ -336,37 +362,12 @@ def run_demo(
     frontier = _frontier(library, scenario, out) if cfg.frontier else []
     timer.lap("frontier")
 
-    torch.manual_seed(0)
-    parent = load_pretrained(parent_dir)
-    tokenizer = load_tokenizer(parent_dir)
-    preset = cfg.get_preset()
-    train_docs, held_docs = split_corpus(read_corpus(cfg.corpus), preset.train.held_out_fraction)
-    held = cached_tokens(held_docs, tokenizer, "held_out", cache_dir)
-    n_eval = cfg.eval_sequences * cfg.eval_seq_len + 1
-    eval_tokens = held[:n_eval]
-    val_tokens = held[-n_eval:] if len(held) >= 2 * n_eval else None
-    if val_tokens is None:
-        status(f"held-out text too short for a validation slice ({len(held)} tokens): GKD results kept as trained")
-    gkd_rows = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache_dir), cfg.gkd.seq_len)
-    ctx = _Context(
-        cfg,
-        out,
-        library,
-        scenario,
-        parent,
-        eval_tokens,
-        val_tokens,
-        gkd_rows,
-        ResultStore(out / "results"),
-        progress,
-        status,
-    )
-
+    ctx = _context(cfg, out, library, scenario, parent_dir, progress, status, cache_dir)
     parent_names = [layer.parent.name for layer in library.layers]
     parent_key = f"parent/{key_digest(library.digest(), cfg.key(), scenario)}"
     if parent_key not in ctx.store:
-        (lat,) = measure_latency(parent, library, parent_names, [scenario], repeats=cfg.latency_repeats)
-        quality = evaluate(parent, eval_tokens, cfg.eval_seq_len)
+        (lat,) = measure_latency(ctx.parent, library, parent_names, [scenario], repeats=cfg.latency_repeats)
+        quality = evaluate(ctx.parent, ctx.eval_tokens, cfg.eval_seq_len)
         ctx.store.put(parent_key, {"perplexity": quality.perplexity, **lat.to_dict()})
     p = ctx.store.get(parent_key)
     rows = [Row(1.0, "parent", p["perplexity"], 0.0, p["measured_ms"], p["predicted_ms"], tuple(parent_names))]
@@ -377,15 +378,7 @@ def run_demo(
     progress.finish("children")
     timer.lap("children")
 
-    result = DemoResult(
-        str(out),
-        scenario,
-        p["perplexity"],
-        tuple(rows),
-        frontier,
-        exports,
-        timer.rounded(1),
-    )
+    result = DemoResult(str(out), scenario, p["perplexity"], tuple(rows), frontier, exports, timer.rounded(1))
     write_report(out / "report.json", result)
     parent_pred = predicted_cost(library, parent_names, "runtime_ms", scenario)
     write_frontier_html(out / "frontier.html", frontier, rows, parent_pred, scenario)
