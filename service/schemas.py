@@ -21,7 +21,7 @@ from puzzle.pipeline.request import (
     BuildSettings,
     export_points_problem,
 )
-from puzzle.search.request import DEFAULT_OBJECTIVE, SEARCH_MODES, SearchRequest, shape_problems
+from puzzle.search.request import DEFAULT_OBJECTIVE, SEARCH_MODES, shape_problems
 from puzzle.search.solvers import SOLVER_NAMES
 from service.models import JOB_KINDS, JOB_STATES
 
@@ -192,8 +192,7 @@ class PipelineJobCreate(_Strict):
 
     @model_validator(mode="after")
     def _check_points(self) -> PipelineJobCreate:
-        shape = SearchRequest(mode=self.search.mode, n=self.search.n, axis=self.search.axis or None)
-        problem = export_points_problem(shape, tuple(self.export_points), self.export)
+        problem = export_points_problem(self.search.mode, self.search.n, tuple(self.export_points), self.export)
         if problem is not None:
             raise ValueError(problem)
         return self

@@ -58,8 +58,8 @@ class JobContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     lost_event: threading.Event = field(default_factory=threading.Event)
     interval_s: float = 0.25
-    _stages: dict[str, list[int]] = field(default_factory=dict)  # stage -> [done, total, last reported done]
-    _last: float = 0.0
+    _stages: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)  # [done, total, reported]
+    _last: float = field(default=0.0, init=False, repr=False)
 
     def check(self) -> None:
         """Stop here if the job was cancelled or lost."""

@@ -41,11 +41,12 @@ class BuildSettings:
         return asdict(self)
 
 
-def export_points_problem(search: SearchRequest, points: tuple[int, ...], export: bool) -> str | None:
-    """Why ``points`` cannot be exported from ``search``'s result (None when they can, or are unknown yet)."""
-    n = 1 if search.mode == "solve" else search.n if search.mode == "diverse" else None
-    if export and n is not None and points and max(points) >= n:
-        return f"export_points must be below {n}: a {search.mode} search gives {n} point(s)"
+def export_points_problem(mode: str, n: int, points: tuple[int, ...], export: bool) -> str | None:
+    """Why ``points`` cannot be exported from a ``mode`` search of ``n`` solutions (None when they can, or when
+    the number of points is known only after the search: a frontier)."""
+    count = 1 if mode == "solve" else n if mode == "diverse" else None
+    if export and count is not None and points and max(points) >= count:
+        return f"export_points must be below {count}: a {mode} search gives {count} point(s)"
     return None
 
 
@@ -98,7 +99,7 @@ class PipelineRequest:
         if unknown:
             problems.append((("build",), f"unknown build settings {', '.join(unknown)}"))
         build = BuildSettings(**{k: v for k, v in build_data.items() if k not in unknown})
-        fields = {
+        fields: dict[str, Any] = {
             "parent": data.get("parent"),
             "train_steps": data.get("train_steps"),
             "corpus": data.get("corpus"),
@@ -158,6 +159,6 @@ def _problems(r: PipelineRequest) -> Problems:
         problems.append((("search", "objective"), problem))
     if not 1 <= len(r.export_points) <= MAX_EXPORT_POINTS or any(k < 0 for k in r.export_points):
         problems.append((("export_points",), f"export_points: 1 to {MAX_EXPORT_POINTS} indices >= 0"))
-    elif (problem := export_points_problem(r.search, r.export_points, r.export)) is not None:
+    elif (problem := export_points_problem(r.search.mode, r.search.n, r.export_points, r.export)) is not None:
         problems.append((("export_points",), problem))
     return problems

@@ -114,7 +114,7 @@ class SearchRequest:
             except ConfigError as exc:
                 problems.append((("constraints", i), str(exc)))
                 bad.add(i)
-        fields = {
+        fields: dict[str, Any] = {
             "mode": data.get("mode", "solve"),
             "objective": data.get("objective", DEFAULT_OBJECTIVE),
             "scenario": data.get("scenario"),
