@@ -290,11 +290,6 @@ class FrontierPublic(BaseModel):
     summaries: list[str] | None = None
 
 
-class SubblockView(BaseModel):
-    kind: str
-    detail: str
-
-
 class LayerView(BaseModel):
     index: int
     variant: str
