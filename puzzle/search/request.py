@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from puzzle.errors import ConfigError
@@ -222,10 +222,11 @@ def _integer(value: Any, name: str, problems: Problems) -> int:
 class Architecture:
     """One architecture of a library: ``choices[i]`` is the index of the variant chosen for layer i."""
 
-    choices: tuple[int, ...] = field()
+    choices: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "choices", tuple(int(j) for j in self.choices))
+        if not isinstance(self.choices, tuple):  # a list or an array row: as plain ints (a tuple is kept as is)
+            object.__setattr__(self, "choices", tuple(int(j) for j in self.choices))
 
     @classmethod
     def from_names(cls, library: BlockLibrary, names: Sequence[str]) -> Architecture:
