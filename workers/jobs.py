@@ -56,6 +56,7 @@ def run_pipeline_job(ctx: JobContext) -> dict[str, Any]:
             check=ctx.check,
             on_library=lambda library: _register(ctx, library, work / "library"),
             extra={"job_id": ctx.job_id},
+            status=ctx.log,
         )
     return result.to_dict(relative=lambda path: pipelines.relative(ctx.settings, path))
 

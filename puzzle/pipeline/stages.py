@@ -262,11 +262,13 @@ def run_pipeline(
     check: Callable[[], None] = lambda: None,
     on_library: Callable[[BlockLibrary], dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
+    status: Callable[[str], None] = lambda _message: None,
 ) -> PipelineResult:
     """Parent -> library -> search -> export for ``request`` in ``work`` (resumes from what it holds).
 
     ``parent_dir``: where a directory parent is (None for a preset); ``on_library``: called with the built
-    library before the search (a job stores it there); ``extra``: recorded in each export's manifest."""
+    library before the search (a job stores it there); ``extra``: recorded in each export's manifest;
+    ``status``: one-line messages of the parent stage (prefixed ``parent:``)."""
     from puzzle.search.run import run_search
 
     work.mkdir(parents=True, exist_ok=True)
@@ -274,7 +276,12 @@ def run_pipeline(
     check()
     if request.is_preset:
         parent_dir = parent_stage(
-            get_preset(request.parent), work, corpus=corpus, train_steps=request.train_steps, progress=progress
+            get_preset(request.parent),
+            work,
+            corpus=corpus,
+            train_steps=request.train_steps,
+            progress=progress,
+            status=lambda message: status(f"parent: {message}"),
         )
         held_out = get_preset(request.parent).train.held_out_fraction
     else:
