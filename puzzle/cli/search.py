@@ -120,7 +120,7 @@ def _frontier(args: argparse.Namespace) -> int:
     request = request_from_flags(args, "frontier")
     library = BlockLibrary.load(args.library)
     request.check(library)
-    front = run_search(library, request).frontier
+    front = run_search(library, request, points=False).frontier
     assert front is not None
     if args.json:
         json.dump(front.to_dict(with_layers=False), sys.stdout)

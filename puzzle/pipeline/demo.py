@@ -122,7 +122,7 @@ def _frontier(library: BlockLibrary, scenario: str, out: Path) -> list[dict[str,
     if file.is_file() and (data := json.loads(file.read_text())).get("key") == key:
         return data["points"]
     request = SearchRequest(mode="frontier", objective=OBJECTIVE, axis="runtime_ms", scenario=scenario)
-    front = run_search(library, request).frontier
+    front = run_search(library, request, points=False).frontier
     assert front is not None
     result = front.to_dict(with_layers=True)
     points = [{"runtime_ms": p["axis"], "objective": p["objective"], "layers": p["layers"]} for p in result["points"]]

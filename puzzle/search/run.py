@@ -63,8 +63,10 @@ def run_search(
     *,
     progress: ProgressSink | None = None,
     check: Callable[[], None] = _no_check,
+    points: bool = True,
 ) -> SearchResult:
-    """Run ``request`` over ``library`` (see the module docstring)."""
+    """Run ``request`` over ``library`` (see the module docstring). ``points=False`` leaves a frontier's points
+    unbuilt (totals and summaries of every point: a caller that only reads ``frontier`` saves that time)."""
     from puzzle import search
 
     progress = progress or NullProgress()
@@ -97,7 +99,7 @@ def run_search(
         )
         progress.finish("diverse")  # the pool may run out of architectures d layers apart before n
     else:
-        return _frontier(library, r, scenario, progress, check, started)
+        return _frontier(library, r, scenario, progress, check, started, points=points)
     points = tuple(point_of_solution(library, s) for s in solutions)
     return SearchResult(r, scenario, points, time.perf_counter() - started, solutions=solutions)
 
@@ -109,6 +111,8 @@ def _frontier(
     progress: ProgressSink,
     check: Callable[[], None],
     started: float,
+    *,
+    points: bool,
 ) -> SearchResult:
     from puzzle import search
 
@@ -126,8 +130,12 @@ def _frontier(
         keep &= axis_values <= r.hi
     choices = np.asarray(front.choices, dtype=np.int64).reshape(-1, library.n_layers)[keep]
     objectives = np.asarray(front.objectives, dtype=float)[keep]
-    points = frontier_points(library, choices, objectives, axis_values[keep], axis=r.axis, scenario=scenario)
+    built = (
+        frontier_points(library, choices, objectives, axis_values[keep], axis=r.axis, scenario=scenario)
+        if points
+        else []
+    )
     progress.advance("frontier")
     check()
     progress.advance("frontier")
-    return SearchResult(r, scenario, tuple(points), time.perf_counter() - started, frontier=front)
+    return SearchResult(r, scenario, tuple(built), time.perf_counter() - started, frontier=front)
