@@ -131,10 +131,16 @@ def load_block_state(work: str | Path, layer: int, device: str = "cpu") -> dict[
 def load_parent_block(
     work: str | Path, arch: ArchSpec, layer: int, *, device: str = "cpu", dtype: torch.dtype | None = None
 ) -> nn.Module:
-    from puzzle.library.distill import build_block
+    from puzzle.library.distill import block_context
+    from puzzle.model import Block
 
-    block = build_block(arch, arch.blocks[layer], load_block_state(work, layer, device))
-    return block.to(dtype=dtype) if dtype is not None else block
+    with torch.device("meta"):  # no throw-away fp32 init: the stored tensors are assigned as they are
+        block = Block(arch.blocks[layer], block_context(arch))
+    state = load_block_state(work, layer, device)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    block.load_state_dict(state, assign=True, strict=True)
+    return block.eval()
 
 
 class NonBlock(nn.Module):
