@@ -3,7 +3,7 @@ replacements by least squares vs the weight product. Prints held-out NMSE at ini
 
     python bench/init_methods.py --parent DIR [--layers 0,3,7] [--tokens 16384]
 
-Uses the builder's own stages (``prepare`` caches parent activations; ``bld_task`` inits and distills).
+Uses the builder's own stages (``prepare`` writes the parent and token rows; ``bld_layer_task`` inits and distills).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 
 from puzzle.arch import AttentionSpec, FFNSpec
 from puzzle.library.build import BuildConfig, prepare
-from puzzle.library.distill import BLDConfig, bld_task
+from puzzle.library.distill import BLDConfig, unit_key
+from puzzle.library.store import ResultStore
+from puzzle.library.stream import bld_layer_task
 
 
 def main() -> None:
@@ -50,9 +52,10 @@ def main() -> None:
     for name, changes, opts in cases:
         for layer in layers:
             cfg = BLDConfig(tokens=args.tokens, **opts)
-            r = bld_task(
-                str(work), prep["distill_dir"], layer, {k: v.to_dict() for k, v in changes.items()}, cfg.to_dict()
-            )
+            key = unit_key(layer, changes, cfg, prep["digest"], "init-bench")
+            unit = (key, {k: v.to_dict() for k, v in changes.items()})
+            bld_layer_task(str(work), prep["distill_file"], layer, [unit], cfg.to_dict())
+            r = ResultStore(work / "results").get(key)
             rows.setdefault(name, []).append((r["nmse_init"], r["nmse_final"]))
     print(
         f"parent {args.parent}  layers {list(layers)}  BLD tokens {args.tokens}  ({time.perf_counter() - start:.0f} s)"

@@ -3,10 +3,11 @@
 Stages (each reports to the progress sink; every output is keyed by what produced it and stored atomically
 under ``OUT/work``, so a re-run after any interruption, kill -9 included, redoes only what is missing):
 
-1. ``prepare``  load the parent and its tokenizer, split the corpus (distillation text from the training
-                split, scoring text from the held-out split), cache the parent's activations of every layer
-                on both (one parent forward per layer each).
-2. ``distill``  one executor task per BLD unit (decoupled: per subblock option; coupled: per pair).
+1. ``prepare``  write the parent layer by layer from its safetensors (``parent.py``), load its tokenizer, split
+                the corpus (distillation rows from the training split, scoring rows from the held-out split)
+                and store the token ids of both (no activations: tasks compute them).
+2. ``distill``  one executor task per parent layer, training all of that layer's BLD units (decoupled: per
+                subblock option; coupled: per pair) on one stream of parent activations (``stream.py``).
 3. ``score``    one task per layer: replace-one-block KL / LM loss / cosine of every composed variant.
 4. ``profile``  one task per distinct block spec (latency per scenario), plus the assembled parent.
 5. ``assemble`` the ``BlockLibrary``: ``OUT/library.json`` + ``OUT/weights/<sha>.safetensors`` per variant,
@@ -26,21 +27,12 @@ from puzzle.arch import ArchSpec, BlockSpec
 from puzzle.errors import DataError
 from puzzle.files import key_digest, save_tensors, write_json
 from puzzle.library import BlockLibrary, Layer, Scenario, Variant
-from puzzle.library.distill import (
-    SPEC_TYPES,
-    BLDConfig,
-    activation_dir,
-    bld_task,
-    cache_hidden_states,
-    compose_state,
-    load_subblocks,
-    unit_key,
-    write_parent_blocks,
-)
+from puzzle.library.distill import SPEC_TYPES, BLDConfig, compose_state, load_subblocks, unit_key
 from puzzle.library.executor import Executor, LocalExecutor, Task
 from puzzle.library.score import score_task
 from puzzle.library.space import SUBBLOCKS, LayerSpace, SearchSpace, default_space, expand, variant_name
 from puzzle.library.store import ResultStore
+from puzzle.library.stream import bld_layer_task
 from puzzle.progress import NullProgress, ProgressSink, StageTimer
 
 
@@ -54,8 +46,10 @@ class BuildConfig:
     holdout_sequences: int = 16
     held_out_fraction: float = 0.05
     score_batch: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
+    device: str = "cpu"  # where BLD, scoring and profiling run ("cuda": tasks ask Ray for a GPU)
+    dtype: str = "float32"  # profiling dtype
+    parent_dtype: str | None = None  # the parent's compute dtype in BLD / scoring (None: as stored)
+    accelerator_type: str | None = None  # Ray accelerator type profiling tasks ask for (e.g. "H100")
     warmup: int = 3
     repeats: int = 10
     profile_threads: int = 1  # CPU threads for latency (recorded on each scenario; children are timed alike)
@@ -111,31 +105,24 @@ def _evenly(rows: Any, n: int) -> Any:
 
 
 def prepare(parent_dir: str | Path, work: Path, config: BuildConfig) -> dict[str, Any]:
-    """Parent blocks + cached activations on distillation and held-out text; returns their locations."""
-    from safetensors.torch import save_file
-
+    """The parent's per-layer files and the token ids of distillation and held-out rows; returns their locations."""
     from puzzle.data import load_tokenizer
-    from puzzle.model import load_pretrained
+    from puzzle.library.parent import write_parent
 
-    model = load_pretrained(parent_dir).float().eval()
+    meta = write_parent(parent_dir, work, dtype=getattr(torch, config.parent_dtype) if config.parent_dtype else None)
     tokenizer = load_tokenizer(parent_dir)
-    digest = write_parent_blocks(model, work)
     distill, holdout, data_key = _token_rows(config, tokenizer)
-    act_root = work / "activations"
-    distill_dir = activation_dir(act_root, digest, {**data_key, "split": "distill"})
-    holdout_dir = activation_dir(act_root, digest, {**data_key, "split": "holdout"})
-    cache_hidden_states(model, distill[:, :-1], distill_dir)
-    if not (holdout_dir / "meta.json").exists():
-        holdout_dir.mkdir(parents=True, exist_ok=True)
-        tmp = holdout_dir / ".targets.tmp"
-        save_file({"targets": holdout[:, 1:].contiguous()}, str(tmp))
-        tmp.replace(holdout_dir / "targets.safetensors")
-    cache_hidden_states(model, holdout[:, :-1], holdout_dir)
+    data = work / "data" / key_digest(data_key)
+    distill_file, holdout_file = data / "distill.safetensors", data / "holdout.safetensors"
+    if not distill_file.exists():
+        save_tensors(distill_file, {"ids": distill[:, :-1]})
+    if not holdout_file.exists():
+        save_tensors(holdout_file, {"ids": holdout[:, :-1], "targets": holdout[:, 1:]})
     return {
-        "arch": model.arch,
-        "digest": digest,
-        "distill_dir": str(distill_dir),
-        "holdout_dir": str(holdout_dir),
+        "arch": ArchSpec.from_dict(meta["arch"]),
+        "digest": meta["digest"],
+        "distill_file": str(distill_file),
+        "holdout_file": str(holdout_file),
         "data_key": data_key,
         "distill_tokens": int(distill[:, :-1].numel()),
         "holdout_tokens": int(holdout[:, 1:].numel()),
@@ -173,6 +160,39 @@ def _unit_for(layer: LayerSpace, spec: BlockSpec, mode: str) -> list[dict[str, A
     if mode == "coupled":
         return [changes] if any(s.kind != "no_op" for s in changes.values()) else []
     return [{k: s} for k, s in changes.items() if s.kind != "no_op"]
+
+
+def _gpus(config: BuildConfig) -> float:
+    return 1.0 if config.device.startswith("cuda") else 0.0
+
+
+def distill_units(
+    units: list[tuple[int, dict[str, Any]]],
+    prep: dict[str, Any],
+    work: Path,
+    config: BuildConfig,
+    executor: Executor,
+    store: ResultStore,
+    progress: ProgressSink,
+) -> dict[str, dict[str, Any]]:
+    """Train every BLD unit, one task per layer; returns each unit's record by its key (progress counts units)."""
+    act_key = key_digest(prep["data_key"])
+    by_layer: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    for layer, changes in units:
+        key = unit_key(layer, changes, config.bld, prep["digest"], act_key)
+        by_layer.setdefault(layer, []).append((key, {k: v.to_dict() for k, v in changes.items()}))
+    tasks = [
+        Task(
+            f"bldlayer/L{layer}/{key_digest(sorted(k for k, _ in items))}",
+            bld_layer_task,
+            (str(work), prep["distill_file"], layer, items, config.bld.to_dict(), config.device, config.parent_dtype),
+            num_gpus=_gpus(config),
+            weight=len(items),
+        )
+        for layer, items in by_layer.items()
+    ]
+    executor.run(tasks, store, stage="distill", progress=progress)
+    return {key: store.get(key) for items in by_layer.values() for key, _ in items}
 
 
 # --- the whole build --------------------------------------------------------------------------------------
@@ -220,18 +240,9 @@ def build_library(
     )
     act_key = key_digest(prep["data_key"])
 
-    # stage 2: distill
+    # stage 2: distill (one task per layer: all its units share one stream of parent activations)
     bld = config.bld
-    units = plan_units(layers, space.mode)
-    unit_tasks = {}
-    for layer, changes in units:
-        key = unit_key(layer, changes, bld, prep["digest"], act_key)
-        unit_tasks[key] = Task(
-            key,
-            bld_task,
-            (str(work), prep["distill_dir"], layer, {k: v.to_dict() for k, v in changes.items()}, bld.to_dict()),
-        )
-    unit_results = executor.run(list(unit_tasks.values()), store, stage="distill", progress=progress)
+    unit_results = distill_units(plan_units(layers, space.mode), prep, work, config, executor, store, progress)
     lap("distill")
 
     def unit_result(layer: int, changes: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +269,8 @@ def build_library(
         Task(
             f"score/L{i}/{key_digest(prep['digest'], prep['data_key'], entries)}",
             score_task,
-            (str(work), prep["holdout_dir"], i, entries, config.score_batch),
+            (str(work), prep["holdout_file"], i, entries, config.score_batch, config.device, config.parent_dtype),
+            num_gpus=_gpus(config),
         )
         for i, entries in composed.items()
     ]
@@ -279,6 +291,8 @@ def build_library(
             profile_task,
             (arch.to_dict(), [s.to_dict()], sc_dicts, *prof_args, copies),
             num_cpus=executor.max_task_cpus,
+            num_gpus=_gpus(config),
+            accelerator_type=config.accelerator_type,
         )
         for s in specs
     ]
@@ -288,6 +302,8 @@ def build_library(
             profile_model_task,
             (str(work), sc_dicts, config.device, config.warmup, model_repeats),
             num_cpus=executor.max_task_cpus,
+            num_gpus=_gpus(config),
+            accelerator_type=config.accelerator_type,
         )
     )
     profiles = executor.run(profile_tasks, store, stage="profile", progress=progress)

@@ -291,14 +291,8 @@ def profile_model_task(
     work: str, scenarios: list[dict[str, Any]], device: str, warmup: int, repeats: int
 ) -> dict[str, Any]:
     """Measure the assembled parent (runs on a worker; each scenario names its thread count)."""
-    from pathlib import Path
+    from puzzle.library.parent import load_parent_model
 
-    from safetensors.torch import load_file
-
-    from puzzle.library.distill import load_parent_arch
-    from puzzle.model import CausalLM
-
-    model = CausalLM(load_parent_arch(work))
-    model.load_state_dict(load_file(str(Path(work) / "parent" / "model.safetensors")))
+    model = load_parent_model(work)
     scs = tuple(Scenario.from_dict(s) for s in scenarios)
     return {"scenarios": measure_model(model, scs, device=device, warmup=warmup, repeats=repeats)}

@@ -29,13 +29,21 @@ TaskFn = Callable[..., dict[str, Any]]
 
 @dataclass(frozen=True)
 class Task:
-    """``fn(*args, **kwargs) -> dict`` stored under ``key``; ``fn`` must be a module-level (picklable) function."""
+    """``fn(*args, **kwargs) -> dict`` stored under ``key``; ``fn`` must be a module-level (picklable) function.
+
+    ``num_cpus`` / ``num_gpus`` / ``accelerator_type`` are the Ray resources the task asks for (a CPU head can
+    drive GPU workers; profiling asks for the target's accelerator type); ``weight`` is how many units of
+    progress the task is worth (e.g. the BLD units a layer task trains).
+    """
 
     key: str
     fn: TaskFn
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    accelerator_type: str | None = None
+    weight: int = 1
 
 
 class TaskFailed(RuntimeError):
@@ -81,7 +89,8 @@ class Executor(ABC):
         keys = [t.key for t in tasks]
         if len(set(keys)) != len(keys):
             raise ValueError(f"{stage}: duplicate task keys")
-        progress.start(stage, len(tasks))
+        weights = {t.key: t.weight for t in tasks}
+        progress.start(stage, sum(weights.values()))
         results: dict[str, dict[str, Any]] = {}
         pending = []
         for task in tasks:
@@ -90,11 +99,11 @@ class Executor(ABC):
             else:
                 pending.append(task)
         if results:
-            progress.advance(stage, len(results))
+            progress.advance(stage, sum(weights[k] for k in results))
 
         def done(key: str, result: dict[str, Any]) -> None:
             results[key] = result
-            progress.advance(stage)
+            progress.advance(stage, weights[key])
 
         self._run(pending, str(store.root), done)
         progress.finish(stage)
@@ -175,8 +184,11 @@ class RayExecutor(Executor):
         remote = ray.remote(_ray_entry)
         refs = {}
         for task in tasks:
+            resources: dict[str, Any] = {"num_cpus": task.num_cpus, "num_gpus": task.num_gpus}
+            if task.accelerator_type:
+                resources["accelerator_type"] = task.accelerator_type
             ref = remote.options(
-                num_cpus=task.num_cpus, max_retries=self.max_retries, retry_exceptions=True, name=task.key[:100]
+                **resources, max_retries=self.max_retries, retry_exceptions=True, name=task.key[:100]
             ).remote(store_root, task.key, task.fn, task.args, task.kwargs, int(task.num_cpus))
             refs[ref] = task.key
         waiting = list(refs)

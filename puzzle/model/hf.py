@@ -27,6 +27,7 @@ import math
 import re
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -488,13 +489,15 @@ def _weight_files(path: Path) -> dict[str, Path]:
     raise CheckpointError(f"{single}: weights not found and no {INDEX_NAME}{hint}")
 
 
-def load_pretrained(
+def read_tensors(
     path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> CausalLM:
-    """A ``CausalLM`` (in eval mode) with the weights of the Hugging Face checkpoint directory ``path``.
+) -> tuple[ArchSpec, Callable[[Sequence[str]], dict[str, torch.Tensor]]]:
+    """The arch of the checkpoint directory ``path`` and a reader of its tensors by *our* parameter names.
 
-    ``dtype`` converts floating tensors (default: as stored). Raises ``CheckpointError`` naming the file or
-    tensor when the directory is incomplete, of an unsupported type, or its tensors do not fit the config.
+    ``read(names)`` opens only the (sharded) safetensors files holding ``names`` and returns just those tensors,
+    shape-checked against the config and converted to ``dtype`` when given (floating tensors only), so a caller
+    can hold one layer at a time. The directory is checked whole first: missing or unexpected tensors raise
+    ``CheckpointError`` naming the file or tensor.
     """
     from safetensors import safe_open
 
@@ -521,27 +524,46 @@ def load_pretrained(
             f"{path}: tensor {unexpected[0]} is not part of this {cfg['model_type']} model "
             f"({len(unexpected)} unexpected in all); does config.json match the weights?"
         )
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for ours, hf in names.items():
-        by_file.setdefault(files[hf], []).append((ours, hf))
-    state: dict[str, torch.Tensor] = {}
-    for file, pairs in by_file.items():
-        with safe_open(file, "pt", device=str(device)) as f:
-            for ours, hf in pairs:
-                tensor = f.get_tensor(hf)
-                want = tuple(expected[ours].shape)
-                if tuple(tensor.shape) != want:
-                    raise CheckpointError(
-                        f"{file.name}: tensor {hf} has shape {tuple(tensor.shape)}, expected {want} from config.json"
-                    )
-                if dtype is not None and tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                state[ours] = tensor
+
+    def read(wanted: Sequence[str]) -> dict[str, torch.Tensor]:
+        by_file: dict[Path, list[tuple[str, str]]] = {}
+        for ours in wanted:
+            by_file.setdefault(files[names[ours]], []).append((ours, names[ours]))
+        state: dict[str, torch.Tensor] = {}
+        for file, pairs in by_file.items():
+            with safe_open(file, "pt", device=str(device)) as f:
+                for ours, hf in pairs:
+                    tensor = f.get_tensor(hf)
+                    want = tuple(expected[ours].shape)
+                    if tuple(tensor.shape) != want:
+                        raise CheckpointError(
+                            f"{file.name}: tensor {hf} has shape {tuple(tensor.shape)}, expected {want} from config.json"
+                        )
+                    if dtype is not None and tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    state[ours] = tensor
+        return state
+
+    return arch, read
+
+
+def load_pretrained(
+    path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> CausalLM:
+    """A ``CausalLM`` (in eval mode) with the weights of the Hugging Face checkpoint directory ``path``.
+
+    ``dtype`` converts floating tensors (default: as stored). Raises ``CheckpointError`` naming the file or
+    tensor when the directory is incomplete, of an unsupported type, or its tensors do not fit the config.
+    """
+    arch, read = read_tensors(path, dtype=dtype, device=device)
+    with torch.device("meta"):
+        model = CausalLM(arch)
+    state = read([name for name, _ in model.named_parameters(remove_duplicate=True)])
     if arch.tie_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, assign=True, strict=True)
     model.tie_weights()
-    model.hf_source = path  # type: ignore[assignment]  # tokenizer files are copied from here on save
+    model.hf_source = Path(path)  # type: ignore[assignment]  # tokenizer files are copied from here on save
     return model.eval()
 
 

@@ -3,19 +3,13 @@ from __future__ import annotations
 import torch
 
 from puzzle.arch import AttentionSpec, FFNSpec
-from puzzle.library.distill import (
-    BLDConfig,
-    bld_task,
-    build_block,
-    cache_hidden_states,
-    compose_state,
-    load_hidden,
-    load_subblocks,
-    normalized_mse,
-    write_parent_blocks,
-)
-from puzzle.model import CausalLM
-from tests.library import small_llama
+from puzzle.files import save_tensors
+from puzzle.library.distill import BLDConfig, build_block, compose_state, load_subblocks, normalized_mse, unit_key
+from puzzle.library.parent import ParentPrefix, load_parent_model, write_parent, write_parent_blocks
+from puzzle.library.store import ResultStore
+from puzzle.library.stream import bld_layer_task
+from puzzle.model import CausalLM, load_pretrained, save_pretrained
+from tests.library import small_hybrid, small_llama
 
 
 def _parent(seed: int = 0) -> CausalLM:
@@ -27,47 +21,79 @@ def _ids(n: int = 12, T: int = 32) -> torch.Tensor:
     return torch.randint(0, 128, (n, T), generator=torch.Generator().manual_seed(0))
 
 
+def _units(layer: int, *changes: dict) -> list[tuple[str, dict]]:
+    cfg = BLDConfig()
+    return [(unit_key(layer, c, cfg, "test", "data"), {k: v.to_dict() for k, v in c.items()}) for c in changes]
+
+
 def test_normalized_mse_is_one_for_zero_and_zero_for_exact() -> None:
     t = torch.randn(3, 5, 8)
     assert normalized_mse(torch.zeros_like(t), t).item() == 1.0
     assert normalized_mse(t, t).item() == 0.0
 
 
-def test_parent_activations_are_computed_once_per_layer(tmp_path) -> None:
-    model, ids = _parent(), _ids()
-    calls = [0] * len(model.blocks)
-    for i, block in enumerate(model.blocks):
-        block.register_forward_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
-    directory = cache_hidden_states(model, ids, tmp_path / "act", batch=len(ids))
-    assert calls == [1, 1]  # one parent forward per layer
-    cache_hidden_states(model, ids, tmp_path / "act", batch=len(ids))
-    assert calls == [1, 1]  # cached: nothing recomputed
-    with torch.no_grad():
-        h0 = load_hidden(directory, 0)
-        assert torch.equal(h0, model.embed(ids))
-        assert torch.allclose(load_hidden(directory, 1), model.blocks[0](h0), atol=1e-6)
-        assert torch.allclose(model.head(load_hidden(directory, 2)), model(ids), atol=1e-5)
+def test_parent_is_written_layer_by_layer_and_reassembles_exactly(tmp_path) -> None:
+    for arch in (small_llama(n_layers=3), small_hybrid()):
+        torch.manual_seed(0)
+        model = CausalLM(arch).eval()
+        hf = save_pretrained(model, tmp_path / f"hf-{arch.family}")
+        work = tmp_path / f"work-{arch.family}"
+        meta = write_parent(hf, work)
+        ids = _ids(3, 16)
+        with torch.no_grad():
+            logits, hidden = load_pretrained(hf)(ids, return_hidden=True)
+            assert torch.equal(load_parent_model(work)(ids), logits)
+            for i in range(len(arch.blocks)):
+                h_in, h_out = ParentPrefix(work, arch, i)(ids)
+                assert torch.equal(h_in, hidden[i]) and torch.equal(h_out, hidden[i + 1])
+        assert write_parent(hf, work) == meta  # complete: kept, not rewritten
+        # the digest identifies the weights, whichever way they were written
+        assert write_parent_blocks(model, tmp_path / f"mem-{arch.family}") == meta["digest"]
+
+
+def test_one_parent_forward_per_step_feeds_every_unit_exactly_as_alone(tmp_path) -> None:
+    model, ids = _parent(), _ids(n=40)
+    work = tmp_path / "work"
+    write_parent_blocks(model, work)
+    save_tensors(tmp_path / "ids.safetensors", {"ids": ids})
+    cfg = BLDConfig(tokens=2048, lr=3e-4, batch=4).to_dict()
+    ffn, attn = {"ffn": FFNSpec(intermediate_size=64)}, {"attention": AttentionSpec.linear()}
+    together = bld_layer_task(str(work), str(tmp_path / "ids.safetensors"), 1, _units(1, ffn, attn), cfg)
+    records = [ResultStore(work / "results").get(k) for k, _ in _units(1, ffn, attn)]
+    alone_work = tmp_path / "alone"
+    write_parent_blocks(model, alone_work)
+    alone = bld_layer_task(str(alone_work), str(tmp_path / "ids.safetensors"), 1, _units(1, ffn), cfg)
+    record = ResultStore(alone_work / "results").get(_units(1, ffn)[0][0])
+    # one stream of parent forwards served both units (a second unit adds at most its own retry pass)
+    assert alone["prefix_forwards"] <= together["prefix_forwards"] < 2 * alone["prefix_forwards"]
+    assert record["files"] == records[0]["files"]  # bit-identical trained weights
+    assert record["nmse_final"] == records[0]["nmse_final"]
+    # finished units are stored and skipped
+    again = bld_layer_task(str(work), str(tmp_path / "ids.safetensors"), 1, _units(1, ffn, attn), cfg)
+    assert again["prefix_forwards"] == 0
 
 
 def test_bld_lowers_nmse_and_stores_composable_subblocks(tmp_path) -> None:
     model, ids = _parent(), _ids(n=64)
     work = tmp_path / "work"
     write_parent_blocks(model, work)
-    act = cache_hidden_states(model, ids, tmp_path / "act")
+    save_tensors(tmp_path / "ids.safetensors", {"ids": ids})
     arch = model.arch
     cfg = BLDConfig(tokens=8192, lr=3e-4, batch=4).to_dict()
     small_ffn = FFNSpec(intermediate_size=64)
-    ffn = bld_task(str(work), str(act), 1, {"ffn": small_ffn.to_dict()}, cfg)
+    units = _units(1, {"ffn": small_ffn}, {"attention": AttentionSpec.linear()})
+    bld_layer_task(str(work), str(tmp_path / "ids.safetensors"), 1, units, cfg)
+    ffn, attn = (ResultStore(work / "results").get(k) for k, _ in units)
     assert ffn["steps"] == 8192 // (4 * 32)
     assert ffn["train_loss_last"] < ffn["train_loss_first"]
     assert ffn["nmse_final"] < ffn["nmse_init"] < 1.0
-    attn = bld_task(str(work), str(act), 1, {"attention": AttentionSpec.linear().to_dict()}, cfg)
     assert attn["nmse_final"] < attn["nmse_init"]
     # compose the two decoupled units into one block and load it strictly
     spec = arch.blocks[1].__class__(attention=AttentionSpec.linear(), ffn=small_ffn)
     trained = load_subblocks(work, {**ffn["files"], **attn["files"]})
     state = compose_state(model.blocks[1].state_dict(), arch.blocks[1], spec, trained)
     block = build_block(arch, spec, state)
+    h_in, h_out = ParentPrefix(work, arch, 1)(ids[:4])
     with torch.no_grad():
-        out = block(load_hidden(act, 1))
-    assert out.shape == load_hidden(act, 2).shape
+        out = block(h_in)
+    assert out.shape == h_out.shape
