@@ -21,7 +21,7 @@ def _gqa(kv: int) -> AttentionSpec:
 
 
 def _llama(*blocks: BlockSpec, **kw: object) -> ArchSpec:
-    base = small_llama(1).blocks[0]  # GQA 4 heads / 2 KV heads of 16, SwiGLU 128
+    base = BlockSpec(_gqa(2), FFNSpec(intermediate_size=256))  # hidden 64: 4 heads / 2 KV heads of 16
     return replace(small_llama(1), blocks=(base, *blocks), **kw)  # type: ignore[arg-type]
 
 
@@ -39,11 +39,11 @@ LLAMA3 = RopeSpec(
 )  # fmt: skip
 
 KINDS: dict[str, ArchSpec] = {
-    "fewer KV heads": _llama(BlockSpec(_gqa(1), FFNSpec(intermediate_size=128))),
-    "linear attention": _llama(BlockSpec(AttentionSpec.linear(), FFNSpec(intermediate_size=128))),
-    "no-op attention": _llama(BlockSpec(AttentionSpec.no_op(), FFNSpec(intermediate_size=128))),
+    "fewer KV heads": _llama(BlockSpec(_gqa(1), FFNSpec(intermediate_size=256))),
+    "linear attention": _llama(BlockSpec(AttentionSpec.linear(), FFNSpec(intermediate_size=256))),
+    "no-op attention": _llama(BlockSpec(AttentionSpec.no_op(), FFNSpec(intermediate_size=256))),
     "several FFN widths": _llama(
-        BlockSpec(_gqa(2), FFNSpec(intermediate_size=256)), BlockSpec(_gqa(2), FFNSpec(intermediate_size=64))
+        BlockSpec(_gqa(2), FFNSpec(intermediate_size=512)), BlockSpec(_gqa(2), FFNSpec(intermediate_size=64))
     ),
     "linear FFN": _llama(BlockSpec(_gqa(2), FFNSpec.linear())),
     "no-op FFN": _llama(BlockSpec(_gqa(2), FFNSpec.no_op())),
@@ -52,7 +52,7 @@ KINDS: dict[str, ArchSpec] = {
     "llama3 rope scaling": _llama(BlockSpec(_gqa(1), FFNSpec(intermediate_size=256)), rope=LLAMA3),
     "Mamba with fewer heads": _hybrid(2),
     "no-op Mamba": _hybrid(None),
-    "hybrid, tied embeddings": _hybrid(2, tie=True),
+    "hybrid, tied embeddings": _hybrid(None, tie=True),
 }
 
 

@@ -79,14 +79,14 @@ def test_cached_decode_continues_the_prefix(kind, tmp_path, parent) -> None:
 
 def test_off_grid_ffn_width_writes_no_ffn_mult(tmp_path, parent) -> None:
     """A 64-wide FFN has no ffn_mult that DeciLM's rule maps back to 64: the key is left out (engines then read
-    intermediate_size); on-grid widths carry an ffn_mult that the rule maps back exactly."""
+    intermediate_size); widths on the grid carry an ffn_mult that the rule maps back exactly."""
     ours = build(KINDS["several FFN widths"])
     config = json.loads((_export(ours, tmp_path / "child", parent) / "config.json").read_text())
     ffn = [b["ffn"] for b in config["block_configs"]]
-    assert "ffn_mult" not in ffn[2] and ffn[2]["intermediate_size"] == 64
-    assert [e["intermediate_size"] for e in ffn] == [128, 256, 64] and "ffn_mult" not in ffn[0]
+    assert [e["intermediate_size"] for e in ffn] == [256, 512, 64] and "ffn_mult" not in ffn[2]
     hidden = config["hidden_size"]
-    assert -(-int(2 * ffn[1]["ffn_mult"] * hidden / 3) // 256) * 256 == 256
+    for entry in ffn[:2]:
+        assert -(-int(2 * entry["ffn_mult"] * hidden / 3) // 256) * 256 == entry["intermediate_size"]
 
 
 @pytest.mark.skipif(
