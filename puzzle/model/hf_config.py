@@ -348,6 +348,8 @@ def hf_config_from_arch(arch: ArchSpec, dtype: torch.dtype = torch.float32) -> d
 
 
 def _nemotron_h_config(arch: ArchSpec, common: dict[str, Any]) -> dict[str, Any]:
+    from puzzle.model.hf_hetero import PUZZLE_AUTO_MAP
+
     first: dict[str, BlockSpec] = {}
     for block in arch.blocks:
         kind = _nemotron_h_kind(block)
@@ -365,6 +367,8 @@ def _nemotron_h_config(arch: ArchSpec, common: dict[str, Any]) -> dict[str, Any]
         "mlp_hidden_act": "relu2",
         "mamba_hidden_act": "silu",
         "attention_bias": False,
+        # transformers 5 has Nemotron-H built in; earlier releases load ours with trust_remote_code
+        "auto_map": dict(PUZZLE_AUTO_MAP),
         "hybrid_override_pattern": "".join(
             {"mamba": "M", "attention": "*", "mlp": "-"}[_nemotron_h_kind(b) or ""] for b in arch.blocks
         ),

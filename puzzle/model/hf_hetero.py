@@ -40,6 +40,11 @@ PUZZLE_AUTO_MAP = {
 # Which remote-code files each format ships (from puzzle/child/remote).
 REMOTE_CODE = {
     "nemotron-nas": ("configuration_decilm.py", "modeling_decilm.py", "puzzle_modeling_utils.py"),
+    "nemotron_h": (
+        "configuration_nemotron_h_puzzle.py",
+        "modeling_nemotron_h_puzzle.py",
+        "puzzle_modeling_utils.py",
+    ),
     "nemotron_h_puzzle": (
         "configuration_nemotron_h_puzzle.py",
         "modeling_nemotron_h_puzzle.py",

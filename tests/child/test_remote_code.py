@@ -92,9 +92,15 @@ def test_off_grid_ffn_width_writes_no_ffn_mult(tmp_path, parent) -> None:
 @pytest.mark.skipif(
     not os.environ.get("PUZZLE_TF4_PYTHON"), reason="PUZZLE_TF4_PYTHON (a transformers 4.x Python) not set"
 )
-@pytest.mark.parametrize("kind", ["fewer KV heads", "linear attention", "tied embeddings", "Mamba with fewer heads"])
+@pytest.mark.parametrize(
+    "kind", ["fewer KV heads", "linear attention", "tied embeddings", "Mamba with fewer heads", "uniform hybrid"]
+)
 def test_exports_load_in_transformers_4(kind, tmp_path, parent) -> None:
-    ours = build(KINDS[kind])
+    from dataclasses import replace
+
+    from tests.child import small_hybrid
+
+    ours = build(replace(small_hybrid(), tie_embeddings=True) if kind == "uniform hybrid" else KINDS[kind])
     out = _export(ours, tmp_path / "child", parent)
     x = ids(2, 12)
     script = textwrap.dedent(
@@ -114,3 +120,22 @@ def test_exports_load_in_transformers_4(kind, tmp_path, parent) -> None:
     with torch.no_grad():
         assert (got["logits"] - ours(x)).abs().max().item() <= 1e-4
     assert torch.equal(got["gen"], greedy(ours, x[:1, :5], 6))
+
+
+def test_uniform_hybrid_stays_plain_nemotron_h_and_ships_code_for_older_transformers(tmp_path, parent) -> None:
+    """transformers' built-in NemotronH and the shipped code (for releases without it) give our logits."""
+    from dataclasses import replace
+
+    import transformers
+
+    from tests.child import small_hybrid
+
+    ours = build(replace(small_hybrid(), tie_embeddings=True))
+    out = _export(ours, tmp_path / "child", parent)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "nemotron_h"
+    x = ids(2, 12)
+    for remote in (False, True):
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
+        assert type(hf).__name__ == ("NemotronHPuzzleForCausalLM" if remote else "NemotronHForCausalLM")
+        with torch.no_grad():
+            assert (hf(x).logits - ours(x)).abs().max().item() <= 1e-4

@@ -5,6 +5,8 @@ An entry is ``{"block_type": "mamba" | "attention" | "mlp", ...}`` (NVIDIA's ``n
 every other key overrides the global value of the same name for that layer (e.g. ``intermediate_size`` of
 an MLP, ``num_key_value_heads`` of an attention layer, ``mamba_num_heads`` of a Mamba layer). Puzzle's
 extension ``{"block_type": "linear", "replaces": "attention" | "mlp"}`` is one (hidden x hidden) linear map.
+A plain ``nemotron_h`` config (no ``block_configs``) is read too, from its layer pattern: uniform Puzzle hybrids
+ship this code so that transformers releases without a built-in Nemotron-H load them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ _GLOBALS = {
 }
 
 
+_TYPES = {
+    "M": "mamba",
+    "*": "attention",
+    "-": "mlp",
+    "E": "moe",
+    "linear_attention": "mamba",
+    "full_attention": "attention",
+}
+
+
+def _layer_types(kwargs: dict[str, Any]) -> list[str]:
+    raw = (
+        kwargs.get("layers_block_type") or kwargs.get("layer_types") or list(kwargs.get("hybrid_override_pattern", "M"))
+    )
+    return [_TYPES.get(t, t) for t in raw]
+
+
 class NemotronHPuzzleConfig(PretrainedConfig):
     model_type = "nemotron_h_puzzle"
     keys_to_ignore_at_inference = ["past_key_values"]  # noqa: RUF012  (transformers reads a list)
@@ -51,7 +70,9 @@ class NemotronHPuzzleConfig(PretrainedConfig):
             setattr(self, key, kwargs.pop(key, default))
         if self.time_step_limit is None:
             self.time_step_limit = [self.time_step_min, math.inf]
-        self.block_configs = [dict(b) for b in (block_configs or [{"block_type": "mamba"}])]
+        if block_configs is None:  # a plain nemotron_h config: one entry per layer type, all sizes global
+            block_configs = [{"block_type": kind} for kind in _layer_types(kwargs)]
+        self.block_configs = [dict(b) for b in block_configs]
         kwargs.pop("num_hidden_layers", None)
         self.num_hidden_layers = len(self.block_configs)
         self.hybrid_override_pattern = "".join(
@@ -60,6 +81,7 @@ class NemotronHPuzzleConfig(PretrainedConfig):
         )
         kwargs.pop("hybrid_override_pattern", None)
         kwargs.pop("layers_block_type", None)
+        kwargs.pop("layer_types", None)
         self.layers_block_type = [b["block_type"] for b in self.block_configs]
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
