@@ -79,6 +79,12 @@ def nas_config(arch: ArchSpec, common: dict[str, Any]) -> dict[str, Any]:
         "mlp_bias": bool(mlp and mlp.bias),
         "rms_norm_eps": arch.norm_eps,
         **_rope_config(arch.rope),
+        # llama.cpp's DeciLM converter reads this one at the top level (default 8192), not from rope_scaling
+        **(
+            {"original_max_position_embeddings": arch.rope.original_max_position_embeddings}
+            if arch.rope.scaling_type == "llama3"
+            else {}
+        ),
         "block_configs": to_block_configs(arch),
         "puzzle_arch": arch.to_dict(),
     }

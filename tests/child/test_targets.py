@@ -162,6 +162,10 @@ def test_shapes_rederived_by_each_target_match_the_weights_exactly_when_the_tabl
     stored = _stored_shapes(out)
     loadable = set(read_manifest(out)["loadable_by"])
     assert loadable == EXPECTED_LOADABLE[kind]
+    if kind == "llama3 rope scaling":  # llama.cpp reads it at the top level only
+        assert (
+            cfg["original_max_position_embeddings"] == cfg["rope_parameters"]["original_max_position_embeddings"] == 8
+        )
     for target in TARGETS:
         try:
             derived = expected_shapes(cfg, target)
