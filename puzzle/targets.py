@@ -18,9 +18,13 @@ else as ``nemotron-nas`` (DeciLM ``block_configs``) or, for Nemotron-H-style hyb
   linear attention, null alone no attention; ``ffn_mult`` null is no FFN (so no linear FFN); never reads
   ``no_op`` or ``intermediate_size``.
 
-Engines other than ``transformers`` are held to the published DeciLM code's ``head_dim = hidden / heads``
-where we could not confirm they read ``head_dim``, and, for hybrids, to one size per mixer kind for Mamba and
-attention (the global config) -- conservative choices: a target listed as loading a child does.
+Read in their source (vllm-project/vllm ``model_executor/models/nemotron_nas.py`` and ``nemotron_h.py``,
+SGLang ``srt/models/nemotron_nas.py``, TensorRT-LLM ``_torch/models/modeling_nemotron_nas.py``, llama.cpp's
+``DeciModel`` converter, which also takes ``head_dim = hidden / heads`` and reads
+``original_max_position_embeddings`` at the top level). Engines other than ``transformers`` and vLLM are held
+to ``head_dim = hidden / heads``, and, for hybrids, to one size per mixer kind for Mamba and attention (the
+global config; vLLM builds Mamba layers from it) -- conservative choices: a target listed as loading a child
+does.
 """
 
 from __future__ import annotations

@@ -359,10 +359,8 @@ def _nemotron_h_config(arch: ArchSpec, common: dict[str, Any]) -> dict[str, Any]
         "architectures": ["NemotronHForCausalLM"],
         "model_type": "nemotron_h",
         **common,
-        "layers_block_type": [
-            {"mamba": "linear_attention", "attention": "full_attention", "mlp": "mlp"}[_nemotron_h_kind(b) or ""]
-            for b in arch.blocks
-        ],
+        # the engines' spelling (vLLM / SGLang validate mamba / attention / mlp / moe); transformers 5 remaps it
+        "layers_block_type": [_nemotron_h_kind(b) for b in arch.blocks],
         "layer_norm_epsilon": arch.norm_eps,
         "mlp_hidden_act": "relu2",
         "mamba_hidden_act": "silu",

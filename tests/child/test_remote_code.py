@@ -132,7 +132,10 @@ def test_uniform_hybrid_stays_plain_nemotron_h_and_ships_code_for_older_transfor
 
     ours = build(replace(small_hybrid(), tie_embeddings=True))
     out = _export(ours, tmp_path / "child", parent)
-    assert json.loads((out / "config.json").read_text())["model_type"] == "nemotron_h"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "nemotron_h"
+    # the spelling vLLM / SGLang validate (transformers 5 remaps it to linear_attention / full_attention)
+    assert config["layers_block_type"] == ["mamba", "attention", "mlp"] and config["hybrid_override_pattern"] == "M*-"
     x = ids(2, 12)
     for remote in (False, True):
         hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
