@@ -142,3 +142,17 @@ def test_uniform_hybrid_stays_plain_nemotron_h_and_ships_code_for_older_transfor
         assert type(hf).__name__ == ("NemotronHPuzzleForCausalLM" if remote else "NemotronHForCausalLM")
         with torch.no_grad():
             assert (hf(x).logits - ours(x)).abs().max().item() <= 1e-4
+
+
+def test_long_prompt_crosses_scan_chunks(tmp_path, parent) -> None:
+    """A 150-token prompt spans three chunks of the shipped Mamba scan; a cached prefix of 70 then continues it."""
+    ours = build(KINDS["Mamba with fewer heads"])
+    _, hf = _load(_export(ours, tmp_path / "child", parent))
+    x = ids(1, 150)
+    with torch.no_grad():
+        want = ours(x)
+        assert (hf(x).logits - want).abs().max().item() <= 1e-4
+        first = hf(x[:, :70], use_cache=True)
+        cache = first.past_key_values if hasattr(first, "past_key_values") else first.cache
+        rest = hf(x[:, 70:], past_key_values=cache, use_cache=True).logits
+    assert (rest - want[:, 70:]).abs().max().item() <= 1e-4
