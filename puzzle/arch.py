@@ -358,28 +358,48 @@ def intermediate_size_to_ffn_mult(intermediate_size: int, hidden_size: int) -> f
     return round(1.5 * intermediate_size / hidden_size, 6)
 
 
+def exact_ffn_mult(intermediate_size: int, hidden_size: int) -> float | None:
+    """An ``ffn_mult`` that DeciLM's rule maps back to exactly ``intermediate_size``, or None when none does
+    (the size is not a multiple of 256)."""
+    if intermediate_size % 256:
+        return None
+    for digits in (6, 9, 12, None):
+        mult = (
+            1.5 * intermediate_size / hidden_size
+            if digits is None
+            else round(1.5 * intermediate_size / hidden_size, digits)
+        )
+        if ffn_mult_to_intermediate_size(mult, hidden_size) == intermediate_size:
+            return mult
+    return None
+
+
 def to_block_configs(arch: ArchSpec) -> list[dict[str, Any]]:
     """The ``block_configs`` list of a nemotron-nas ``config.json`` (explicit ``intermediate_size`` included).
 
-    Mamba subblocks, which that format lacks, are written under an extra ``mamba`` key.
+    An MLP's ``ffn_mult`` is written only when DeciLM's rule gives back its exact width (a multiple of 256);
+    engines that find no ``ffn_mult`` key use ``intermediate_size``. Other FFN kinds write ``ffn_mult: null``
+    and ``intermediate_size: null``. Mamba subblocks, which that format lacks, are written under an extra
+    ``mamba`` key (read only by Puzzle itself).
     """
     configs = []
     for block in arch.blocks:
         att, ffn = block.attention, block.ffn
+        ffn_entry: dict[str, Any] = {"no_op": ffn.kind == "no_op", "replace_with_linear": ffn.kind == "linear"}
+        if ffn.kind == "mlp":
+            mult = exact_ffn_mult(ffn.intermediate_size, arch.hidden_size)
+            if mult is not None:
+                ffn_entry["ffn_mult"] = mult
+            ffn_entry["intermediate_size"] = ffn.intermediate_size
+        else:
+            ffn_entry |= {"ffn_mult": None, "intermediate_size": None}
         entry: dict[str, Any] = {
             "attention": {
                 "no_op": att.kind == "no_op",
                 "replace_with_linear": att.kind == "linear",
                 "n_heads_in_group": att.n_heads_in_group if att.kind == "gqa" else None,
             },
-            "ffn": {
-                "no_op": ffn.kind == "no_op",
-                "replace_with_linear": ffn.kind == "linear",
-                "ffn_mult": intermediate_size_to_ffn_mult(ffn.intermediate_size, arch.hidden_size)
-                if ffn.kind == "mlp"
-                else None,
-                "intermediate_size": ffn.intermediate_size if ffn.kind == "mlp" else None,
-            },
+            "ffn": ffn_entry,
         }
         if not block.mamba.is_no_op:
             entry["mamba"] = block.mamba.to_dict()

@@ -4,11 +4,14 @@
 
 * ``config.json`` + safetensors with Hugging Face tensor names, by ``puzzle.model.save_pretrained``: a
   heterogeneous child is ``model_type: "nemotron-nas"`` / ``DeciLMForCausalLM`` with one ``block_configs``
-  entry per layer (explicit ``intermediate_size``); a homogeneous Llama child is a plain ``LlamaForCausalLM``
-  config that ``transformers`` loads as is;
+  entry per layer, or, for a Nemotron-H-style hybrid, ``nemotron_h_puzzle``; either ships its own
+  configuration / modeling code and an ``auto_map`` (``trust_remote_code=True``). A homogeneous child is a
+  plain ``LlamaForCausalLM`` / ``NemotronHForCausalLM`` config that ``transformers`` loads as is;
 * the tokenizer files of the parent (``tokenizer_dir``), and the parent's special token ids in config.json;
 * ``puzzle_manifest.json``: parent and library digests, constraints, objective, predicted and measured
-  costs, solver, per-layer variants and the versions of puzzle / torch that wrote it (``build_manifest``).
+  costs, solver, per-layer variants and the versions of puzzle / torch that wrote it (``build_manifest``),
+  plus ``loadable_by``: the deployment targets (``puzzle.targets``) that load the child. Given a ``target``,
+  ``export_child`` refuses a child that target cannot load, naming every offending layer (``ConfigError``).
 
 The directory appears whole or not at all: everything is written into a hidden sibling directory, which is
 renamed onto ``out`` only when complete. A non-empty ``out`` is refused unless ``force``; with ``force`` the
@@ -108,10 +111,18 @@ def export_child(
     manifest: Mapping[str, Any],
     tokenizer_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
+    target: str | None = None,
 ) -> Path:
-    """Write ``model`` with its tokenizer and ``manifest`` as the Hugging Face directory ``out`` (atomically)."""
-    from puzzle.model import hf_format, save_pretrained
+    """Write ``model`` with its tokenizer and ``manifest`` as the Hugging Face directory ``out`` (atomically).
 
+    With ``target`` (``puzzle.targets.TARGETS``), a child that target cannot load is refused before anything
+    is written: ``ConfigError`` naming each offending layer and why.
+    """
+    from puzzle.model import hf_format, save_pretrained
+    from puzzle.targets import loadable_by, require_loadable
+
+    if target is not None:
+        require_loadable(model.arch, target)
     out = check_target(out, force=force)
     source = _tokenizer_source(model, tokenizer_dir)
     staging = staging_dir(out)
@@ -127,6 +138,8 @@ def export_child(
         full = {
             **manifest,
             "hf_format": hf_format(model.arch),
+            "loadable_by": loadable_by(model.arch),
+            **({"target": target} if target is not None else {}),
             "exported_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         # allow_nan=False: a NaN cost is a bug upstream, and the manifest must stay strict JSON

@@ -6,6 +6,8 @@ import argparse
 import os
 import time
 
+from puzzle.targets import TARGETS
+
 
 def register(library_subparsers: argparse._SubParsersAction) -> None:
     p = library_subparsers.add_parser(
@@ -17,6 +19,11 @@ def register(library_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--parent", required=True, help="parent Hugging Face directory (config, safetensors, tokenizer)")
     p.add_argument("--out", required=True, help="library folder to write (library.json, weights/, work/)")
     p.add_argument("--space", help="search-space YAML (default: the parent family's default space)")
+    p.add_argument(
+        "--target",
+        choices=list(TARGETS),
+        help="build only variants this serving engine can load in an exported child (default: all variants)",
+    )
     p.add_argument("--workers", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument(
         "--executor",
@@ -55,6 +62,13 @@ def _build(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     space = load_space(args.space) if args.space else None
+    if args.target is not None:
+        from puzzle.library.space import default_space
+        from puzzle.model.hf_config import arch_from_hf_config, read_config
+        from puzzle.targets import restrict_space
+
+        parent_arch = arch_from_hf_config(read_config(args.parent))
+        space = restrict_space(space or default_space(parent_arch.family), args.target, parent_arch)
     kind = args.executor
     if kind == "auto":
         kind = "local" if args.workers == 1 and not os.environ.get("RAY_ADDRESS") else "ray"

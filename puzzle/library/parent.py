@@ -86,7 +86,7 @@ def write_parent(checkpoint: str | Path, work: str | Path, *, dtype: torch.dtype
 
     Returns the meta record (``digest``, ``arch``, ``dtype``); nothing is rewritten when ``work/parent`` is complete.
     """
-    from puzzle.model.hf import read_tensors
+    from puzzle.model.hf_io import read_tensors
 
     meta = _meta(work)
     if meta is not None:

@@ -166,8 +166,12 @@ def test_heterogeneous_hybrid_child_round_trips(tmp_path, parent) -> None:
     child = CausalLM(arch).eval()
     out = export_child(child, tmp_path / "child", manifest=_manifest(child), tokenizer_dir=parent)
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "nemotron-nas"
-    assert config["block_configs"][0]["mamba"]["n_heads"] == 2 and config["block_configs"][2]["ffn"]["no_op"]
+    # the engines' hybrid layout: one mixer per entry; the identity layer 2 is left out
+    assert config["model_type"] == "nemotron_h_puzzle"
+    assert config["mamba_num_heads"] == 2 and [b["block_type"] for b in config["block_configs"]] == [
+        "mamba",
+        "attention",
+    ]
     x = ids()
     with torch.no_grad():
         assert torch.equal(load_pretrained(out)(x), child(x))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from puzzle.errors import CheckpointError
 from puzzle.model import arch_from_hf_config, load_pretrained, save_pretrained
-from puzzle.model.hf import nemotron_layer_types
+from puzzle.model.hf_config import nemotron_layer_types
 from tests.model.tiny import save_hf, tokens
 
 
