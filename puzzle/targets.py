@@ -38,6 +38,7 @@ from puzzle.errors import ConfigError
 if TYPE_CHECKING:
     from puzzle.library.space import SearchSpace
 
+DEFAULT_TARGET = "vllm"  # what the demo and the service's pipeline jobs build for: children vLLM serves
 FFN_GRID = 256  # DeciLM's ffn_mult rule rounds widths up to a multiple of this
 
 
@@ -206,6 +207,33 @@ def unloadable_variants(library: Any, target: str) -> set[tuple[int, str]]:
             if _block_problems(variant.spec, parent, hidden, family, t):
                 out.add((layer.index, variant.name))
     return out
+
+
+def loadability_key(target: str) -> str:
+    """The cost that counts a child's layers ``target`` cannot load (``with_loadability``)."""
+    return f"unloadable_{get_target(target).name}"
+
+
+def with_loadability(library: Any, target: str) -> Any:
+    """``library`` with one more scenario-free cost per variant: 1 where ``target`` cannot load it, else 0.
+
+    A search bounds it at 0 (``<name> <= 0``), so every backend, the frontier and the pools leave those
+    variants out without knowing about targets, and choices keep the library's indices.
+    """
+    from dataclasses import replace as _replace
+
+    key = loadability_key(target)
+    bad = unloadable_variants(library, target)
+    layers = tuple(
+        _replace(
+            layer,
+            variants=tuple(
+                _replace(v, costs={**v.costs, key: float((layer.index, v.name) in bad)}) for v in layer.variants
+            ),
+        )
+        for layer in library.layers
+    )
+    return _replace(library, layers=layers, non_block_costs={**library.non_block_costs, key: 0.0})
 
 
 def restrict_space(space: SearchSpace, target: str, arch: ArchSpec) -> SearchSpace:

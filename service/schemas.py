@@ -23,6 +23,7 @@ from puzzle.pipeline.request import (
 )
 from puzzle.search.request import DEFAULT_OBJECTIVE, SEARCH_MODES, shape_problems
 from puzzle.search.solvers import SOLVER_NAMES
+from puzzle.targets import DEFAULT_TARGET, TARGETS
 from service.models import JOB_KINDS, JOB_STATES
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=100)]
@@ -34,6 +35,7 @@ JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 JobKind = Literal[JOB_KINDS]  # type: ignore[valid-type]
 SearchMode = Literal[SEARCH_MODES]  # type: ignore[valid-type]
 SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
+TargetName = Literal[tuple(TARGETS)]  # type: ignore[valid-type]
 SpacePreset = Literal[SPACE_PRESETS]  # type: ignore[valid-type]
 _DEFAULT_BUILD = BuildSettings()
 
@@ -111,6 +113,9 @@ class SearchParams(_Strict):
     solver: SolverName | None = Field(default=None, description="MIP backend (default: dp, exact)")
     n: int = Field(default=5, ge=1, le=100, description="diverse: number of solutions")
     d: int = Field(default=1, ge=1, le=10_000, description="diverse: layers each solution must differ in")
+    target: TargetName | None = Field(
+        default=None, description="deployment target: choose only variants this engine loads (default: any)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SearchParams:
@@ -188,6 +193,10 @@ class PipelineJobCreate(_Strict):
         description="indices into the search result's points to export (solve: 0; diverse: 0..n-1; frontier: "
         "points sorted by the axis, cheapest first); GET /jobs/{id}/export?point=k serves each as a tar.gz",
     )
+    target: TargetName | None = Field(
+        default=DEFAULT_TARGET,
+        description="deployment target: build, choose and export only children this engine loads (null: any)",
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -257,6 +266,7 @@ class SolveRequest(_Strict):
     constraints: list[Constraint] = Field(default_factory=list, max_length=32, examples=[["runtime_ms<=50%"]])
     scenario: Key | None = None
     solver: SolverName | None = Field(default=None, description="MIP backend (default: dp, exact)")
+    target: TargetName | None = Field(default=None, description="deployment target (default: any)")
 
 
 class PointPublic(BaseModel):

@@ -186,6 +186,7 @@ def export_point(
     measure: bool = False,
     extra: Mapping[str, Any] | None = None,
     force: bool = False,
+    target: str | None = None,
 ) -> Path:
     """The one export path (``puzzle export``, a pipeline job, the demo): the child ``arch`` of ``library``,
     assembled from the weights in ``library_dir``, written as the Hugging Face directory ``out`` with its manifest.
@@ -194,7 +195,8 @@ def export_point(
     library's parent digest) or a parent model already loaded by ``load_parent``. ``model``: an already assembled
     (e.g. GKD-healed) child to write instead of a fresh assembly. With ``measure`` the child's latency is measured
     here in every scenario of the library and recorded with the error of the library's prediction (meaningful
-    only on the device the library was profiled on).
+    only on the device the library was profiled on). ``target``: refuse (``ConfigError`` naming each layer) a child
+    that deployment target cannot load.
     """
     from puzzle.child.assemble import assemble, load_parent
     from puzzle.model import CausalLM
@@ -225,4 +227,4 @@ def export_point(
         extra=extra,
     )
     source = tokenizer_dir if tokenizer_dir is not None else getattr(parent_model, "hf_source", None)
-    return export_child(child, out, manifest=manifest, tokenizer_dir=source, force=force)
+    return export_child(child, out, manifest=manifest, tokenizer_dir=source, force=force, target=target)

@@ -16,6 +16,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write report.json + frontier.html. Re-running with the same --out reuses every finished stage.",
     )
     parser.add_argument("--out", default="runs/demo", help="working directory (default: runs/demo)")
+    parser.add_argument("--preset", default=None, help="parent preset: tiny-llama (default) or tiny-hybrid")
+    parser.add_argument("--corpus", default=None, help="text file, folder of text files or .jsonl (default: stdlib)")
+    parser.add_argument(
+        "--budgets",
+        default=None,
+        help="latency budgets as fractions of the parent's, e.g. 0.8,0.6,0.4 (default 0.9,0.7,0.5)",
+    )
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="deployment target the children must load in (default: vllm; 'any' for no restriction)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="parent training steps (default: the preset's)")
     parser.add_argument("--bld-tokens", type=int, default=None, help="BLD tokens per unit (default 65536)")
     parser.add_argument("--gkd-tokens", type=int, default=None, help="GKD tokens per child (default 131072)")
@@ -40,6 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     cfg = DemoConfig(train_steps=args.steps, executor=args.executor, workers=args.workers)
+    cfg = replace(cfg, **_data_options(args))
     if args.bld_tokens is not None:
         cfg = replace(cfg, build=replace(cfg.build, bld=replace(cfg.build.bld, tokens=args.bld_tokens)))
     if args.gkd_tokens is not None:
@@ -53,3 +66,34 @@ def _demo(args: argparse.Namespace) -> int:
     for budget, path in result.exports.items():
         print(f"export   {path}  (Puzzle+GKD at {float(budget):.0%} of the parent's latency)")
     return 0
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    """``--preset``, ``--corpus``, ``--budgets`` and ``--target`` as DemoConfig fields (ConfigError when malformed)."""
+    from pathlib import Path
+
+    from puzzle.errors import ConfigError
+    from puzzle.presets import get_preset
+    from puzzle.targets import TARGETS
+
+    options: dict = {}
+    if args.preset is not None:
+        get_preset(args.preset)  # ConfigError naming the known presets
+        options["preset"] = args.preset
+    if args.corpus is not None:
+        if not Path(args.corpus).exists():
+            raise ConfigError(f"--corpus {args.corpus}: no such file or folder")
+        options["corpus"] = str(Path(args.corpus).resolve())
+    if args.budgets is not None:
+        try:
+            budgets = tuple(float(b) for b in args.budgets.split(","))
+        except ValueError:
+            raise ConfigError(f"--budgets {args.budgets!r}: expected fractions like 0.8,0.6,0.4") from None
+        if not budgets or not all(0 < b <= 1 for b in budgets):
+            raise ConfigError(f"--budgets {args.budgets!r}: every budget must be a fraction in (0, 1]")
+        options["budgets"] = budgets
+    if args.target is not None:
+        if args.target != "any" and args.target not in TARGETS:
+            raise ConfigError(f"--target {args.target!r}: choose one of {', '.join(TARGETS)} or any")
+        options["target"] = None if args.target == "any" else args.target
+    return options

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure the child's latency in the library's scenarios here and record it (with the prediction's error)",
     )
+    from puzzle.cli.search import add_target_flag
+
+    add_target_flag(parser)
     parser.set_defaults(func=_export)
 
 
@@ -82,6 +85,7 @@ def _export(args: argparse.Namespace) -> int:
         measure=args.measure,
         extra={k: solution[k] for k in ("status", "totals", "percent_of_parent") if k in solution},
         force=args.force,
+        target=args.target,
     )
     layers = arch.names(library)
     print(f"exported {len(layers)}-layer child to {out}")

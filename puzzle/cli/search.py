@@ -41,6 +41,7 @@ def request_from_flags(args: argparse.Namespace, mode: str) -> SearchRequest:
             constraints=_constraints(args),
             scenario=args.scenario,
             axis=args.axis,
+            target=getattr(args, "target", None),
         )
     n, diversity = getattr(args, "solutions", 1), getattr(args, "diversity", 1)
     return SearchRequest(
@@ -52,6 +53,7 @@ def request_from_flags(args: argparse.Namespace, mode: str) -> SearchRequest:
         n=n,
         diversity=diversity,
         time_limit=getattr(args, "time_limit", None),
+        target=getattr(args, "target", None),
     )
 
 
@@ -61,6 +63,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max", action="append", metavar="KEY=V", help="upper bound (V absolute or P%% of the parent)")
     parser.add_argument("--min", action="append", metavar="KEY=V", help="lower bound (same forms)")
     parser.add_argument("--scenario", help="scenario for unqualified latency/memory keys (default: the library's)")
+    add_target_flag(parser)
+
+
+def add_target_flag(parser: argparse.ArgumentParser) -> None:
+    from puzzle.targets import TARGETS
+
+    parser.add_argument(
+        "--target",
+        choices=list(TARGETS),
+        help="deployment target: choose (and export) only children this engine loads (default: any)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

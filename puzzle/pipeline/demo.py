@@ -34,11 +34,12 @@ from puzzle.files import key_digest, write_text
 from puzzle.library.space import SearchSpace
 from puzzle.library.store import ResultStore
 from puzzle.pipeline.report import DemoResult, Row, format_table, write_frontier_html, write_report
-from puzzle.pipeline.stages import demo_build_config, demo_space, library_stage, parent_stage
+from puzzle.pipeline.stages import demo_build_config, demo_space, library_stage, parent_stage, target_space
 from puzzle.presets import Preset, get_preset
 from puzzle.progress import NullProgress, ProgressSink, StageTimer, StepProgress
 from puzzle.search.problem import parse_constraint
 from puzzle.search.request import Architecture, SearchRequest
+from puzzle.targets import DEFAULT_TARGET
 
 if TYPE_CHECKING:
     from puzzle.library import BlockLibrary
@@ -67,6 +68,7 @@ class DemoConfig:
     latency_repeats: int = 20
     methods: tuple[str, ...] = METHODS
     frontier: bool = True  # compute the Pareto frontier (stage 3) for the report and plot
+    target: str | None = DEFAULT_TARGET  # build and choose only children this engine loads (None: any)
 
     def get_preset(self) -> Preset:
         return self.preset if isinstance(self.preset, Preset) else get_preset(self.preset)
@@ -94,8 +96,9 @@ def _build_library(
     from puzzle.library.cost import PROFILE_VERSION
     from puzzle.library.distill import BLD_VERSION
 
+    space = target_space(cfg.space, cfg.target, parent_dir)
     key = key_digest(
-        cfg.space.to_dict(),
+        space.to_dict(),
         cfg.build.to_dict(),
         cfg.corpus,
         (parent_dir / "train_summary.json").read_text(),
@@ -108,7 +111,7 @@ def _build_library(
     status(f"building the block library ({cfg.executor} executor) into {lib_dir}")
     build = replace(cfg.build, corpus=cfg.corpus, held_out_fraction=cfg.get_preset().train.held_out_fraction)
     with make_executor(cfg.executor, workers=cfg.workers) as executor:
-        library = library_stage(parent_dir, out, space=cfg.space, config=build, executor=executor, progress=progress)
+        library = library_stage(parent_dir, out, space=space, config=build, executor=executor, progress=progress)
     write_text(stamp, json.dumps(key))
     return library
 
@@ -130,8 +133,11 @@ def _frontier(library: BlockLibrary, scenario: str, out: Path) -> list[dict[str,
     return points
 
 
-def choose(library: BlockLibrary, method: str, budget: float, scenario: str) -> tuple[list[str], dict[str, Any]]:
-    """Variant names per layer chosen by ``method`` under ``runtime_ms <= budget x parent`` in ``scenario``."""
+def choose(
+    library: BlockLibrary, method: str, budget: float, scenario: str, target: str | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """Variant names per layer chosen by ``method`` under ``runtime_ms <= budget x parent`` in ``scenario`` (the
+    searches only among variants ``target`` loads; the library was built for it, so the baselines are too)."""
     from puzzle.child.baselines import depth_pruning, uniform_width
     from puzzle.search import run_search
     from puzzle.search.views import total
@@ -143,6 +149,7 @@ def choose(library: BlockLibrary, method: str, budget: float, scenario: str) -> 
             constraints=(constraint,),
             scenario=scenario,
             solver=None if method == "puzzle" else "greedy",
+            target=target,
         )
         solution = run_search(library, request).solutions[0].to_dict()
         return list(solution["layers"]), solution
@@ -224,7 +231,7 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
     rows = []
     for method in ctx.cfg.methods:
         try:
-            layers, solution = choose(ctx.library, method, budget, ctx.scenario)
+            layers, solution = choose(ctx.library, method, budget, ctx.scenario, ctx.cfg.target)
         except InfeasibleError as exc:
             rows.append(Row(budget, method, None, None, None, None, note=f"infeasible: {exc}"))
             ctx.progress.advance("children", 2)
@@ -269,6 +276,7 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
                     scenario=ctx.scenario,
                     extra={"gkd": record.get("gkd"), "perplexity": record["perplexity"], "kl": record["kl"]},
                     force=True,
+                    target=ctx.cfg.target,
                 )
                 exports[f"{budget:g}"] = str(target)
     return rows

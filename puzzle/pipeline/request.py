@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from puzzle.presets import PRESETS
 from puzzle.search.request import Problems, RequestError, SearchRequest
+from puzzle.targets import DEFAULT_TARGET, TARGETS
 
 PARENT_PRESETS: tuple[str, ...] = tuple(PRESETS)
 SPACE_PRESETS = ("tiny", "demo", "default")
@@ -61,6 +62,7 @@ class PipelineRequest:
     search: SearchRequest = field(default_factory=SearchRequest)
     export: bool = True
     export_points: tuple[int, ...] = (0,)
+    target: str | None = DEFAULT_TARGET  # build, choose and export only what this engine loads (None: any)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -71,6 +73,13 @@ class PipelineRequest:
     def is_preset(self) -> bool:
         return self.parent in PARENT_PRESETS
 
+    @property
+    def search_request(self) -> SearchRequest:
+        """The search, bounded to the pipeline's target unless it names its own."""
+        if self.search.target is not None or self.target is None:
+            return self.search
+        return replace(self.search, target=self.target)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "parent": self.parent,
@@ -80,6 +89,7 @@ class PipelineRequest:
             "search": self.search.to_dict(),
             "export": self.export,
             "export_points": list(self.export_points),
+            "target": self.target,
         }
 
     @classmethod
@@ -105,6 +115,7 @@ class PipelineRequest:
             "corpus": data.get("corpus"),
             "export": bool(data.get("export", True)),
             "export_points": tuple(data.get("export_points") or (0,)),
+            "target": data.get("target", DEFAULT_TARGET),
         }
         try:
             request = cls(build=build, search=search, **fields)
@@ -155,6 +166,8 @@ def _problems(r: PipelineRequest) -> Problems:
         problems.append(
             (("build", "space"), f"unknown space preset {r.build.space!r}; choose one of {', '.join(SPACE_PRESETS)}")
         )
+    if r.target is not None and r.target not in TARGETS:
+        problems.append((("target",), f"unknown target {r.target!r}; choose one of {', '.join(TARGETS)}"))
     if (problem := _objective_problem(r.search.objective)) is not None:
         problems.append((("search", "objective"), problem))
     if not 1 <= len(r.export_points) <= MAX_EXPORT_POINTS or any(k < 0 for k in r.export_points):

@@ -135,6 +135,16 @@ def parent_stage(
     return folder
 
 
+def target_space(space: SearchSpace, target: str | None, parent_dir: Path) -> SearchSpace:
+    """``space`` without the options ``target`` cannot load in a child of the parent in ``parent_dir``."""
+    if target is None:
+        return space
+    from puzzle.model.hf_config import arch_from_hf_config, read_config
+    from puzzle.targets import restrict_space
+
+    return restrict_space(space, target, arch_from_hf_config(read_config(parent_dir)))
+
+
 def library_stage(
     parent_dir: Path,
     work: Path,
@@ -168,6 +178,7 @@ def export_stage(
     *,
     progress: ProgressSink,
     extra: dict[str, Any] | None = None,
+    target: str | None = None,
 ) -> dict[int, Exported]:
     """Export each of ``points`` of ``result`` (indices into its points) into ``work/export/point-<k>`` and pack
     it as ``point-<k>.tar.gz``; a point whose archive and manifest are already there is kept."""
@@ -188,15 +199,15 @@ def export_stage(
     for k in wanted:
         point = result.points[k]
         layers = point.arch.names(library)
-        target, archive = out_root / f"point-{k}", out_root / f"point-{k}.tar.gz"
-        done = archive.is_file() and (target / MANIFEST_NAME).is_file() and read_manifest(target)["layers"] == layers
+        folder, archive = out_root / f"point-{k}", out_root / f"point-{k}.tar.gz"
+        done = archive.is_file() and (folder / MANIFEST_NAME).is_file() and read_manifest(folder)["layers"] == layers
         if not done:
             parent_model = parent_model or load_parent(library, parent_dir)
             export_point(
                 library,
                 work / "library",
                 point.arch,
-                target,
+                folder,
                 parent=parent_model,
                 tokenizer_dir=parent_dir,
                 objective={"metric": result.request.objective, "value": point.objective},
@@ -205,9 +216,10 @@ def export_stage(
                 scenario=result.scenario,
                 extra={**(extra or {}), "point": k, "mode": result.request.mode},
                 force=True,
+                target=target,
             )
-            pack(target, archive)
-        exports[k] = Exported(target, archive, layers)
+            pack(folder, archive)
+        exports[k] = Exported(folder, archive, layers)
         progress.advance("export")
     return exports
 
@@ -296,18 +308,28 @@ def run_pipeline(
     library = library_stage(
         parent_dir,
         work,
-        space=space_preset(knobs.space),
+        space=target_space(space_preset(knobs.space), request.target, parent_dir),
         config=config,
         executor=executor,
         progress=Scoped(progress, "library"),
     )
     info = on_library(library) if on_library is not None else {}
     timer.lap("library")
-    request.search.check(library)  # names of costs and scenarios are known only now
-    found = run_search(library, request.search, progress=Scoped(progress, "search"), check=check)
+    search = request.search_request
+    search.check(library)  # names of costs and scenarios are known only now
+    found = run_search(library, search, progress=Scoped(progress, "search"), check=check)
     timer.lap("search")
     exports = (
-        export_stage(library, work, parent_dir, found, request.export_points, progress=progress, extra=extra)
+        export_stage(
+            library,
+            work,
+            parent_dir,
+            found,
+            request.export_points,
+            progress=progress,
+            extra=extra,
+            target=search.target,
+        )
         if request.export
         else {}
     )

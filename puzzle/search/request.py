@@ -22,6 +22,7 @@ from puzzle.errors import ConfigError
 from puzzle.library import BlockLibrary, Variant
 from puzzle.search.problem import Constraint, build_problem, parse_constraint
 from puzzle.search.solvers import SOLVER_NAMES
+from puzzle.targets import TARGETS
 
 SEARCH_MODES = ("solve", "frontier", "diverse")
 GREEDY = "greedy"  # the paper's greedy baseline: a solver choice of the CLI's solve mode
@@ -71,6 +72,7 @@ class SearchRequest:
     n: int = 5  # diverse: number of solutions
     diversity: int = 1  # diverse: layers each pair of solutions differs in
     time_limit: float | None = None  # seconds per MIP solve
+    target: str | None = None  # a deployment target (puzzle.targets): only variants it loads are chosen
 
     def __post_init__(self) -> None:
         problems = _field_problems(self)
@@ -95,6 +97,7 @@ class SearchRequest:
             "n": self.n,
             "d": self.diversity,
             "time_limit": self.time_limit,
+            "target": self.target,
         }
 
     @classmethod
@@ -125,6 +128,7 @@ class SearchRequest:
             "n": _integer(data.get("n", 5), "n", problems),
             "diversity": _integer(data.get("d", 1), "d", problems),
             "time_limit": _number(data.get("time_limit"), "time_limit", problems),
+            "target": data.get("target"),
         }
         try:
             request = cls(constraints=tuple(constraints), **fields)
@@ -194,6 +198,8 @@ def _field_problems(r: SearchRequest) -> Problems:
         problems.append((("d",), f"d (diversity) must be at least 1, got {r.diversity}"))
     if r.time_limit is not None and not r.time_limit > 0:
         problems.append((("time_limit",), f"time_limit must be a positive number of seconds, got {r.time_limit}"))
+    if r.target is not None and r.target not in TARGETS:
+        problems.append((("target",), f"unknown target {r.target!r}; choose one of {', '.join(TARGETS)}"))
     problems += shape_problems(r.mode, r.axis, r.lo, r.hi)
     return problems
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,8 +70,8 @@ def run_search(
     from puzzle import search
 
     progress = progress or NullProgress()
-    r = request
     started = time.perf_counter()
+    library, r = for_target(library, request)
     scenario = library.resolve_scenario(r.scenario)
     if r.mode == "solve":
         progress.start("solve", 1)
@@ -99,9 +99,22 @@ def run_search(
         )
         progress.finish("diverse")  # the pool may run out of architectures d layers apart before n
     else:
-        return _frontier(library, r, scenario, progress, check, started, points=points)
+        result = _frontier(library, r, scenario, progress, check, started, points=points)
+        return replace(result, request=request)
     points = tuple(point_of_solution(library, s) for s in solutions)
-    return SearchResult(r, scenario, points, time.perf_counter() - started, solutions=solutions)
+    return SearchResult(request, scenario, points, time.perf_counter() - started, solutions=solutions)
+
+
+def for_target(library: BlockLibrary, request: SearchRequest) -> tuple[BlockLibrary, SearchRequest]:
+    """With a target: the library with its loadability cost and the request bounding it at 0 (choices keep
+    the library's indices); without one, both as they are."""
+    if request.target is None:
+        return library, request
+    from puzzle.search.problem import Constraint
+    from puzzle.targets import loadability_key, with_loadability
+
+    bound = Constraint(loadability_key(request.target), "<=", 0.0)
+    return with_loadability(library, request.target), replace(request, constraints=(*request.constraints, bound))
 
 
 def _frontier(
