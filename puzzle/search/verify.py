@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 
+from puzzle.errors import VerificationError
 from puzzle.search.problem import COUNT_KEYS, Problem, cost_column
 
-
-class VerificationError(RuntimeError):
-    """A solver returned an assignment that does not satisfy the problem (a bug, not a user error)."""
+__all__ = ["VerificationError", "report_keys", "verify", "whole_model_totals"]
 
 
 def report_keys(problem: Problem) -> list[str]:

@@ -11,7 +11,7 @@ import math
 import time
 from datetime import timedelta
 
-from puzzle.errors import InfeasibleError
+from puzzle.errors import InfeasibleError, SolverError, SolveTimeout
 from puzzle.search.problem import Problem
 from puzzle.search.solution import Solution, make_solution
 from puzzle.search.solvers import Solver
@@ -32,13 +32,14 @@ class _MathOptSolver(Solver):
             model.add_linear_constraint(mathopt.fast_sum(row) == 1)  # (1)
         tol = problem.tolerance
         for k, r in enumerate(problem.rows):
+            s = FEASIBILITY_TOL / tol[k]  # rows scaled to span ~1, so the solver's tolerance is the problem's
             expr = mathopt.fast_sum(
-                float(c[j, k]) * x[i][j] for i, c in enumerate(problem.costs) for j in range(len(c))
+                float(c[j, k] * s) * x[i][j] for i, c in enumerate(problem.costs) for j in range(len(c))
             )
             if math.isfinite(r.upper):
-                model.add_linear_constraint(expr <= r.upper + tol[k] / 2)  # (2)
+                model.add_linear_constraint(expr <= (r.upper + tol[k] / 2) * s)  # (2)
             if math.isfinite(r.lower):
-                model.add_linear_constraint(expr >= r.lower - tol[k] / 2)  # (3)
+                model.add_linear_constraint(expr >= (r.lower - tol[k] / 2) * s)  # (3)
         for y in problem.exclusions:  # (4)
             model.add_linear_constraint(
                 mathopt.fast_sum(x[i][j] for i, j in enumerate(y)) <= problem.n_layers - problem.min_distance
@@ -54,12 +55,19 @@ class _MathOptSolver(Solver):
         params.highs.double_options["mip_feasibility_tolerance"] = FEASIBILITY_TOL
         if self.time_limit:
             params.time_limit = timedelta(seconds=float(self.time_limit))
-        result = mathopt.solve(model, getattr(mathopt.SolverType, self.solver_type), params=params)
+        try:
+            result = mathopt.solve(model, getattr(mathopt.SolverType, self.solver_type), params=params)
+        except Exception as exc:  # OR-Tools raises status errors (some of which fail to format) on bad numerics
+            raise SolverError(f"{self.name} failed on this problem: {type(exc).__name__}: {exc}") from None
         reason = result.termination.reason
         if reason in (mathopt.TerminationReason.INFEASIBLE, mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED):
             raise InfeasibleError("no architecture satisfies the constraints")
         if not result.has_primal_feasible_solution():
-            raise InfeasibleError(f"{self.name}: no architecture found ({reason.name.lower()})")
+            if reason == mathopt.TerminationReason.NO_SOLUTION_FOUND:  # a limit (we set only time) hit
+                bound = result.termination.objective_bounds.dual_bound
+                bound = problem.objective.sign * bound if math.isfinite(bound) else None
+                raise SolveTimeout(self.name, self.time_limit, bound)
+            raise SolverError(f"{self.name}: no architecture found ({reason.name.lower()})")
         values = result.variable_values()
         choices = [max(range(len(row)), key=lambda j, row=row: values[row[j]]) for row in x]
         return make_solution(
