@@ -3,7 +3,8 @@
 AdamW (no decay on norms and biases), linear warmup then cosine decay, gradient clipping, a fixed seed.
 Batches are a pure function of (seed, step) (``puzzle.data.iter_batches``), and the state needed to go on
 (weights, optimizer moments, step, losses, the tokenizer) is checkpointed atomically every
-``checkpoint_every`` steps in the hidden sibling directory ``.<out name>.train/``. Running the same command
+``checkpoint_every`` steps and every ``CHECKPOINT_SECONDS`` (60 s) of training, whichever comes first, in
+the hidden sibling directory ``.<out name>.train/``. Running the same command
 again after an interruption resumes from the last checkpoint and ends with the same weights an
 uninterrupted run gets. When training ends, ``<out>`` appears whole (``puzzle.model.save_pretrained``
 renames a finished directory into place) with ``config.json``, safetensors, ``tokenizer.json`` and
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_SECONDS = 60.0  # a checkpoint at least this often (wall time), besides every checkpoint_every steps
 SUMMARY = "train_summary.json"
 
 
@@ -100,14 +102,15 @@ def train_parent(
     cache_dir: str | os.PathLike[str] | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
 ) -> TrainResult:
     """Train ``preset`` on ``corpus`` (default: the Python standard library) into the HF directory ``out_dir``.
 
     Resumes an interrupted run found in ``out_dir``; returns the finished one (``reused=True``) when
-    ``out_dir`` already holds a parent trained with the same settings on the same data.
+    ``out_dir`` already holds a parent trained with the same settings on the same data. A checkpoint is
+    written every ``checkpoint_every`` steps and every ``checkpoint_seconds`` of training (None: by steps only).
     """
     import torch
-    import torch.nn.functional as F
 
     from puzzle.model import CausalLM
 
@@ -166,43 +169,14 @@ def train_parent(
         resumed_from = start_step
         status(f"resuming from step {start_step}")
 
+    def save(done: int, elapsed: float) -> None:
+        state = {"run_key": run_key, "arch": arch.to_dict(), "step": done, "model": model.state_dict()}
+        state |= {"optimizer": optimizer.state_dict(), "losses": losses, "wall_s": prior_wall_s + elapsed}
+        _save_checkpoint(checkpoint_file, state)
+
     tokens_per_step = config.batch_size * config.seq_len
-    batches = iter_batches(rows, config.batch_size, config.seed, start_step=start_step)
-    model.train()
     run_start = time.perf_counter()
-    for step in range(start_step, config.steps):
-        batch = torch.from_numpy(next(batches))  # (B, T + 1)
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        logits = logits_of(model(inputs))  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-
-        done = step + 1
-        elapsed = time.perf_counter() - run_start
-        if done % config.checkpoint_every == 0 and done < config.steps:
-            _save_checkpoint(
-                checkpoint_file,
-                {
-                    "run_key": run_key,
-                    "arch": arch.to_dict(),
-                    "step": done,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "losses": losses,
-                    "wall_s": prior_wall_s + elapsed,
-                },
-            )
-        if on_step is not None:
-            rate = (done - start_step) * tokens_per_step / max(elapsed, 1e-9)
-            on_step(StepInfo(step=done, total=config.steps, loss=losses[-1], lr=lr, tokens_per_s=rate))
-
+    _train_steps(model, optimizer, rows, config, start_step, losses, save, checkpoint_seconds, on_step)
     wall_s = prior_wall_s + (time.perf_counter() - run_start)
     trained_steps = config.steps - start_step
     this_run_s = time.perf_counter() - run_start
@@ -223,6 +197,52 @@ def train_parent(
     write_text(out / SUMMARY, json.dumps({"run_key": run_key, "result": result.to_dict()}, indent=2) + "\n")
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
+
+
+def _train_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rows: Any,
+    config: TrainConfig,
+    start_step: int,
+    losses: list[float],
+    save: Callable[[int, float], None],
+    checkpoint_seconds: float | None,
+    on_step: Callable[[StepInfo], None] | None,
+) -> None:
+    """Optimizer steps ``start_step .. config.steps``; ``save(done, elapsed)`` every ``checkpoint_every`` steps
+    and whenever ``checkpoint_seconds`` have passed since the last save (never after the last step)."""
+    import torch
+    import torch.nn.functional as F
+
+    tokens_per_step = config.batch_size * config.seq_len
+    batches = iter_batches(rows, config.batch_size, config.seed, start_step=start_step)
+    model.train()
+    run_start = last_save = time.perf_counter()
+    for step in range(start_step, config.steps):
+        batch = torch.from_numpy(next(batches))  # (B, T + 1)
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits = logits_of(model(inputs))  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+
+        done, now = step + 1, time.perf_counter()
+        due = done % config.checkpoint_every == 0 or (
+            checkpoint_seconds is not None and now - last_save >= checkpoint_seconds
+        )
+        if due and done < config.steps:
+            save(done, now - run_start)
+            last_save = time.perf_counter()
+        if on_step is not None:
+            rate = (done - start_step) * tokens_per_step / max(now - run_start, 1e-9)
+            on_step(StepInfo(step=done, total=config.steps, loss=losses[-1], lr=lr, tokens_per_s=rate))
 
 
 def state_dir_of(out: Path) -> Path:
