@@ -15,7 +15,6 @@ which a repeated call with the same settings reuses instead of retraining) and t
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -37,7 +36,7 @@ from puzzle.data import (
 )
 from puzzle.errors import ConfigError, DataError
 from puzzle.files import atomic_path, write_text
-from puzzle.presets import Preset, TrainConfig
+from puzzle.presets import Preset, TrainConfig, warmup_cosine
 
 if TYPE_CHECKING:
     import torch
@@ -79,13 +78,10 @@ class TrainResult:
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to ``min_lr_ratio * lr``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(config.steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
-    floor = config.lr * config.min_lr_ratio
-    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Learning rate of parent-training step ``step`` (``warmup_cosine`` with the config's settings)."""
+    return warmup_cosine(
+        step, lr=config.lr, steps=config.steps, warmup=config.warmup_steps, min_lr_ratio=config.min_lr_ratio
+    )
 
 
 def logits_of(output: Any) -> torch.Tensor:

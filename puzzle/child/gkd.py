@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from puzzle.errors import CheckpointError, ConfigError, DataError
+from puzzle.presets import warmup_cosine
 
 if TYPE_CHECKING:
     import torch
@@ -93,12 +94,9 @@ class GKDResult:
 
 
 def lr_at(step: int, cfg: GKDConfig) -> float:
+    """Learning rate of GKD step ``step``: the shared ``warmup_cosine`` with ``warmup_fraction`` of the steps."""
     warmup = int(cfg.warmup_fraction * cfg.steps)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = min((step - warmup) / max(cfg.steps - warmup, 1), 1.0)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warmup_cosine(step, lr=cfg.lr, steps=cfg.steps, warmup=warmup, min_lr_ratio=cfg.min_lr_ratio)
 
 
 def gkd_loss(

@@ -31,6 +31,7 @@ from puzzle.arch import ArchSpec, AttentionSpec, BlockSpec, FFNSpec, MambaSpec
 from puzzle.errors import ConfigError
 from puzzle.files import key_digest, save_tensors, write_json
 from puzzle.library.prune import DEFAULT_KV_METHOD, DEFAULT_LINEAR_METHOD, init_subblock
+from puzzle.presets import warmup_cosine
 
 # subblock kind (space / BlockSpec field) -> module attribute of puzzle.model.Block
 MODULE = {"mamba": "mamba", "attention": "attn", "ffn": "ffn"}
@@ -104,8 +105,6 @@ def cache_hidden_states(model: nn.Module, input_ids: torch.Tensor, directory: st
     Each parent block runs once per batch of sequences; nothing is recomputed when ``directory`` is complete
     (its ``meta.json`` is written last).
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     if (directory / "meta.json").exists():
         return directory
@@ -120,9 +119,7 @@ def cache_hidden_states(model: nn.Module, input_ids: torch.Tensor, directory: st
             h = block(h)
             chunks[i + 1].append(h)
     for i, parts in enumerate(chunks):
-        tmp = directory / f".h{i}.safetensors.tmp"
-        save_file({"h": torch.cat(parts).contiguous()}, str(tmp))
-        tmp.replace(directory / f"h{i}.safetensors")
+        save_tensors(directory / f"h{i}.safetensors", {"h": torch.cat(parts)})
     write_json(directory / "meta.json", {"n_layers": n_layers, "shape": list(input_ids.shape)})
     return directory
 
@@ -217,12 +214,12 @@ def _fit(
     lr: float,
     cfg: BLDConfig,
 ) -> list[float]:
-    """``steps`` AdamW steps (warm-up then cosine decay to 10 %) on the NMSE of the block's residual output."""
+    """``steps`` AdamW steps (the shared warm-up then cosine decay to 10 %) on the NMSE of the block's residual output."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))),
+        opt, lambda s: warmup_cosine(s, lr=1.0, steps=steps, warmup=warmup, min_lr_ratio=0.1)
     )
     losses = []
     child.train()
