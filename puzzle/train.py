@@ -114,8 +114,7 @@ def train_parent(
     config = preset.train
     if steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
         config = replace(config, steps=steps, warmup_steps=min(config.warmup_steps, max(1, steps // 10)))
-    out = Path(out_dir)
-    state_dir = state_dir_of(out)
+    out, state_dir = Path(out_dir), state_dir_of(Path(out_dir))
 
     status("reading corpus")
     train_docs, _ = split_corpus(read_corpus(corpus), config.held_out_fraction)
@@ -124,57 +123,33 @@ def train_parent(
     run_key = {"preset": preset.name, "train": config.to_dict(), "corpus": train_docs.fingerprint()}
 
     if (out / SUMMARY).is_file():
-        summary = json.loads((out / SUMMARY).read_text())
-        if summary.get("run_key") != run_key:
-            raise ConfigError(
-                f"{out} already holds a parent trained with other settings or data; choose another --out or delete it"
-            )
-        return replace(_result_from_dict(summary["result"]), reused=True)
-
+        return _finished(out, run_key)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise ConfigError(f"--out {out} exists and is not an empty directory; choose a new directory for the parent")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    if (state_dir / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(state_dir)
-    else:
-        status(f"training a byte-level BPE tokenizer (vocab {preset.vocab_size})")
-        tokenizer = train_bpe(train_docs, preset.vocab_size)
-        save_tokenizer(tokenizer, state_dir, model_max_length=config.seq_len)
-
+    tokenizer = _tokenizer(state_dir, train_docs, preset, config, status)
     status("tokenizing")
     rows = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache_dir), config.seq_len)
 
     arch = preset.make_arch(tokenizer.get_vocab_size())
     torch.manual_seed(config.seed)
     model = CausalLM(arch)
-    optimizer = _adamw(model, config)
-    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = adamw(model, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
 
     start_step, losses, prior_wall_s, resumed_from = 0, [], 0.0, None
     checkpoint_file = state_dir / CHECKPOINT
     if checkpoint_file.is_file():
-        state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-        if state["run_key"] != run_key or state["arch"] != arch.to_dict():
-            raise ConfigError(
-                f"{out} holds an interrupted run with other settings or data; rerun it with the same options, "
-                f"or delete {state_dir} to start over"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, losses, prior_wall_s = state["step"], list(state["losses"]), state["wall_s"]
+        start_step, losses, prior_wall_s = _resume(checkpoint_file, run_key, arch.to_dict(), model, optimizer, out)
         resumed_from = start_step
         status(f"resuming from step {start_step}")
 
     def save(done: int, elapsed: float) -> None:
         state = {"run_key": run_key, "arch": arch.to_dict(), "step": done, "model": model.state_dict()}
         state |= {"optimizer": optimizer.state_dict(), "losses": losses, "wall_s": prior_wall_s + elapsed}
-        _save_checkpoint(checkpoint_file, state)
+        save_checkpoint(checkpoint_file, state)
 
     tokens_per_step = config.batch_size * config.seq_len
     run_start = time.perf_counter()
     _train_steps(model, optimizer, rows, config, start_step, losses, save, checkpoint_seconds, on_step)
-    wall_s = prior_wall_s + (time.perf_counter() - run_start)
-    trained_steps = config.steps - start_step
     this_run_s = time.perf_counter() - run_start
     result = TrainResult(
         out_dir=str(out),
@@ -183,9 +158,9 @@ def train_parent(
         tokens_seen=config.steps * tokens_per_step,
         final_loss=sum(losses[-10:]) / len(losses[-10:]),
         losses=tuple(losses),
-        wall_s=round(wall_s, 3),
-        tokens_per_s=round(trained_steps * tokens_per_step / max(this_run_s, 1e-9), 1),
-        n_params=n_params,
+        wall_s=round(prior_wall_s + this_run_s, 3),
+        tokens_per_s=round((config.steps - start_step) * tokens_per_step / max(this_run_s, 1e-9), 1),
+        n_params=sum(p.numel() for p in model.parameters()),
         resumed_from=resumed_from,
     )
     status("writing the Hugging Face directory")
@@ -241,6 +216,17 @@ def _train_steps(
             on_step(StepInfo(step=done, total=config.steps, loss=losses[-1], lr=lr, tokens_per_s=rate))
 
 
+def _tokenizer(state_dir: Path, docs: Any, preset: Preset, config: TrainConfig, status: Callable[[str], None]) -> Any:
+    """The run's tokenizer: the one an interrupted run saved in ``state_dir``, else a BPE trained on ``docs``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if (state_dir / "tokenizer.json").is_file():
+        return load_tokenizer(state_dir)
+    status(f"training a byte-level BPE tokenizer (vocab {preset.vocab_size})")
+    tokenizer = train_bpe(docs, preset.vocab_size)
+    save_tokenizer(tokenizer, state_dir, model_max_length=config.seq_len)
+    return tokenizer
+
+
 def state_dir_of(out: Path) -> Path:
     """Where an unfinished run of ``out`` keeps its checkpoint and tokenizer."""
     return out.parent / f".{out.name}.train"
@@ -258,23 +244,52 @@ def export_parent(model: torch.nn.Module, tokenizer_dir: Path, out: Path) -> Non
     write_text(config_file, json.dumps(config, indent=2) + "\n")
 
 
-def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def adamw(
+    model: torch.nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, without weight decay on norms and biases (parent training, GKD)."""
     import torch
 
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=1e-8)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
 
 
-def _save_checkpoint(file: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(file: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` of a training state, atomically (parent training, GKD)."""
     import torch
 
+    file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp:
         torch.save(state, tmp)
+
+
+def _resume(
+    file: Path, run_key: dict[str, Any], arch: dict[str, Any], model: Any, optimizer: Any, out: Path
+) -> tuple[int, list[float], float]:
+    """Load the interrupted run in ``file`` into ``model`` and ``optimizer``: ``(step, losses, wall seconds)``."""
+    import torch
+
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if state["run_key"] != run_key or state["arch"] != arch:
+        raise ConfigError(
+            f"{out} holds an interrupted run with other settings or data; rerun it with the same options, "
+            f"or delete {file.parent} to start over"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"], list(state["losses"]), state["wall_s"]
+
+
+def _finished(out: Path, run_key: dict[str, Any]) -> TrainResult:
+    """The result of the parent already trained in ``out`` (ConfigError if with other settings or data)."""
+    summary = json.loads((out / SUMMARY).read_text())
+    if summary.get("run_key") != run_key:
+        raise ConfigError(
+            f"{out} already holds a parent trained with other settings or data; choose another --out or delete it"
+        )
+    return replace(_result_from_dict(summary["result"]), reused=True)
 
 
 def _result_from_dict(data: dict[str, Any]) -> TrainResult:

@@ -127,6 +127,45 @@ def _scenario_name(device: str, dtype: str, batch: int, seq: int) -> str:
     return f"{short}-{re.sub(r'[^a-z0-9]+', '', dtype.lower()) or 'dtype'}-b{batch}-s{seq}"
 
 
+def _layer(
+    library_file: Path,
+    i: int,
+    variants_raw: Mapping[str, Any],
+    parent_stats: Mapping[str, Any],
+    scen: str,
+    dims: dict[str, int],
+) -> Layer:
+    """Layer ``i`` of an NVlabs library: its variants with specs, metrics and costs (LibraryError naming them)."""
+    variants = []
+    for name, entry in variants_raw.items():
+        owner = f"layer_{i} variant {name!r}"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("stats"), Mapping):
+            raise LibraryError(f"{library_file}: {owner} needs 'stats' and 'metrics' objects")
+        stats = entry["stats"]
+        missing = [k for k in (*_NVLABS_COSTS, *_NVLABS_SCENARIO_COSTS) if k not in stats]
+        if missing:
+            raise LibraryError(f"{library_file}: {owner} stats lack {', '.join(missing)}")
+        spec = parse_nvlabs_name(name, stats, **dims)
+        is_parent = all(stats.get(k) == parent_stats.get(k) for k in ("num_kv_heads", "ffn_intermediate_size"))
+        try:
+            variants.append(
+                Variant(
+                    name=name,
+                    is_parent=is_parent,
+                    spec=spec,
+                    metrics=dict(entry.get("metrics") or {}),
+                    costs={k: stats[k] for k in _NVLABS_COSTS},
+                    scenario_costs={scen: {k: stats[k] for k in _NVLABS_SCENARIO_COSTS}},
+                )
+            )
+        except LibraryError as exc:
+            raise LibraryError(f"{library_file}: {owner}: {exc}") from exc
+    try:
+        return Layer(index=i, variants=tuple(variants))
+    except LibraryError as exc:
+        raise LibraryError(f"{library_file}: {exc}") from exc
+
+
 def import_nvlabs(
     path: str | os.PathLike[str],
     *,
@@ -176,36 +215,8 @@ def import_nvlabs(
     if sorted(indexed) != list(range(len(indexed))):
         raise LibraryError(f"{library_file}: layers must be layer_0..layer_{len(indexed) - 1} without gaps")
 
-    layers = []
-    for i in range(len(indexed)):
-        variants = []
-        for name, entry in indexed[i].items():
-            owner = f"layer_{i} variant {name!r}"
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("stats"), Mapping):
-                raise LibraryError(f"{library_file}: {owner} needs 'stats' and 'metrics' objects")
-            stats = entry["stats"]
-            missing = [k for k in (*_NVLABS_COSTS, *_NVLABS_SCENARIO_COSTS) if k not in stats]
-            if missing:
-                raise LibraryError(f"{library_file}: {owner} stats lack {', '.join(missing)}")
-            spec = parse_nvlabs_name(name, stats, hidden_size=hidden_size, n_heads=n_heads, head_dim=head_dim)
-            is_parent = all(stats.get(k) == parent_stats.get(k) for k in ("num_kv_heads", "ffn_intermediate_size"))
-            try:
-                variants.append(
-                    Variant(
-                        name=name,
-                        is_parent=is_parent,
-                        spec=spec,
-                        metrics=dict(entry.get("metrics") or {}),
-                        costs={k: stats[k] for k in _NVLABS_COSTS},
-                        scenario_costs={scen: {k: stats[k] for k in _NVLABS_SCENARIO_COSTS}},
-                    )
-                )
-            except LibraryError as exc:
-                raise LibraryError(f"{library_file}: {owner}: {exc}") from exc
-        try:
-            layers.append(Layer(index=i, variants=tuple(variants)))
-        except LibraryError as exc:
-            raise LibraryError(f"{library_file}: {exc}") from exc
+    dims = {"hidden_size": hidden_size, "n_heads": n_heads, "head_dim": head_dim}
+    layers = [_layer(library_file, i, indexed[i], parent_stats, scen, dims) for i in range(len(indexed))]
 
     return BlockLibrary(
         layers=tuple(layers),
