@@ -9,7 +9,7 @@ import pytest
 
 from puzzle.errors import InfeasibleError, PuzzleError, SolverError, SolveTimeout, VerificationError
 from puzzle.library import BlockLibrary, Layer
-from puzzle.search import SOLVER_NAMES, build_problem, solve, solve_problem
+from puzzle.search import SOLVER_NAMES, build_problem, frontier, solve, solve_problem
 from puzzle.search.solution import make_solution
 from puzzle.search.solvers import Solver
 from tests.search.synthetic import decoupled_library, random_library
@@ -116,3 +116,34 @@ def test_a_solution_that_breaks_a_bound_is_an_internal_error_never_returned() ->
         solve(lib, "kl_div", ["runtime_ms<=50%"], solver=_Liar())
     assert isinstance(info.value, PuzzleError) and not isinstance(info.value, InfeasibleError)
     assert "breaks runtime_ms<=50%" in str(info.value)
+
+
+@pytest.mark.parametrize("axis", ["runtime_ms", "memory_mib"])
+def test_frontier_with_outliers_keeps_every_point_within_the_bounds(axis: str) -> None:
+    lib = _with_outlier(random_library(6, 5, seed=4), 2, 3, runtime=1e12, kl=0.0)
+    constraints = ["runtime_ms<=60%", "memory_mib<=80%"]
+    front = frontier(lib, "kl_div", axis, constraints)
+    problem = build_problem(lib, "kl_div", constraints)
+    assert len(front.choices) >= 2
+    for choices in front.choices:
+        assert choices[2] != 3  # the outlier breaks runtime_ms<=60% wherever it is used
+        sol = solve(lib, "kl_div", [*constraints, f"{axis}<=100%"], solver="highs")
+        assert sol.objective <= problem.objective.sign * problem.value(tuple(choices)) + 1e-9
+        for row in problem.rows:
+            total = (
+                sum(lib.layers[i].variants[j].cost(row.unit, problem.scenario) for i, j in enumerate(choices))
+                + row.offset
+            )
+            assert total <= row.upper + row.offset + 1e-6
+
+
+def test_frontier_points_are_verified_like_solutions() -> None:
+    from puzzle.search.verify import verify_points
+
+    lib = random_library(4, 4, seed=0)
+    problem = build_problem(lib, "kl_div", ["runtime_ms<=50%"])
+    cheapest = [int(np.argmin([v.cost("runtime_ms", "pre") for v in layer.variants])) for layer in lib.layers]
+    parent = [layer.parent_index for layer in lib.layers]
+    verify_points(problem, np.array([cheapest]))
+    with pytest.raises(VerificationError, match=r"point 1 breaks runtime_ms<=50%"):
+        verify_points(problem, np.array([cheapest, parent]))
