@@ -87,7 +87,18 @@ def solve_padded(a: dp_states.Arrays, *, deadline: float | None = None) -> tuple
         raise dp_states.DeadlineReached(bound=g) from None
 
 
-def _rounds(a, nu, g, hi_t, lo_t, w_max, w_min, eps, deadline) -> tuple[np.ndarray | None, dict]:
+def _rounds(
+    a: dp_states.Arrays,
+    nu: np.ndarray,
+    g: float,
+    hi_t: np.ndarray,
+    lo_t: np.ndarray,
+    w_max: float,
+    w_min: float,
+    eps: float,
+    deadline: float | None,
+) -> tuple[np.ndarray | None, dict]:
+    """Steps 2-4 of the module docstring from the dual bound ``g`` at ``nu``."""
     info: dict = {"dual_bound": g}
     if g > w_max + eps:
         return None, {**info, "reason": "Lagrangian bound exceeds every architecture"}
