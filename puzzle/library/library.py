@@ -58,7 +58,7 @@ from typing import Any
 from puzzle.arch import BlockSpec
 from puzzle.errors import ConfigError, LibraryError
 from puzzle.files import write_text
-from puzzle.library.scenario import Scenario, numbers, scenario_numbers, size
+from puzzle.library.scenario import Scenario, check_sizes, numbers, scenario_numbers, size
 
 SCHEMA_VERSION = 1
 LIBRARY_FILE = "library.json"
@@ -84,6 +84,7 @@ class Variant:
             raise LibraryError(f"{owner}: is_parent must be true or false, got {self.is_parent!r}")
         if self.spec is not None and not isinstance(self.spec, BlockSpec):
             raise LibraryError(f"{owner}: spec must be a BlockSpec, got {type(self.spec).__name__}")
+        check_sizes(f"{owner}.spec", self.spec.to_dict() if self.spec is not None else {})
         object.__setattr__(self, "metrics", numbers(f"{owner}.metrics", self.metrics, nonnegative=False))
         object.__setattr__(self, "costs", numbers(f"{owner}.costs", self.costs, nonnegative=True))
         object.__setattr__(self, "scenario_costs", scenario_numbers(f"{owner}.scenario_costs", self.scenario_costs))

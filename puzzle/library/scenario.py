@@ -50,6 +50,15 @@ def numbers(owner: str, values: Any, *, nonnegative: bool) -> dict[str, float]:
     return out
 
 
+def check_sizes(owner: str, data: Any) -> None:
+    """Every whole number in ``data`` (a spec's nested ``to_dict()``) is at most ``MAX_SIZE``."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            check_sizes(f"{owner}.{key}", value)
+    elif isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_SIZE:
+        raise LibraryError(f"{owner}: must be at most {MAX_SIZE:,}, got {data:g}")
+
+
 def size(owner: str, value: Any, *, minimum: int = 1) -> int:
     """A whole number in ``[minimum, MAX_SIZE]`` (integral floats such as 8.0 are taken; NaN, 1e30 are not)."""
     if isinstance(value, bool) or not isinstance(value, int | float):

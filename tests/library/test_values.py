@@ -107,3 +107,10 @@ def test_nvlabs_import_refuses_unsafe_numbers(tmp_path: Path, file: str, edit, m
     _edit(folder / file, edit)
     with pytest.raises(LibraryError, match=message):
         import_nvlabs(folder)
+
+
+def test_block_spec_sizes_beyond_range_are_refused() -> None:
+    data = tiny_library().to_dict()
+    _variant(data, 1, 0)["spec"]["ffn"]["intermediate_size"] = 10**40
+    with pytest.raises(LibraryError, match=r"layer 1 variant 0: .*spec\.ffn\.intermediate_size: must be at most"):
+        BlockLibrary.from_dict(data)
