@@ -1,6 +1,7 @@
 """The search space: which cheaper variants of every parent layer the block library holds.
 
-A space is read from YAML (or built in code) and validated with every problem listed at once::
+A space is read from YAML (or built in code) and validated by pydantic against the dataclasses below (their
+annotated field types), every problem listed at once, one line each with its path::
 
     mode: decoupled          # decoupled: train attention and FFN variants separately, then compose
                              # coupled:   train every (attention, FFN) pair of a layer together
