@@ -86,7 +86,7 @@ def test_highs_never_crashes_on_a_1e308_coefficient() -> None:
     assert solve_problem(problem.with_weights(tuple(weights), problem.objective), "highs").choices[1] != 2
     costs = [c.copy() for c in problem.costs]
     costs[1][2, 0] = 1e308
-    with pytest.raises(SolverError, match="^highs failed on this problem"):
+    with pytest.raises(SolverError, match=r"^highs failed on this problem"):
         solve_problem(problem.with_rows(problem.rows, tuple(costs)), "highs")
 
 
