@@ -7,7 +7,8 @@
   ``pydoc_data`` tables are left out; about 10 MB, 2.5 M tokens).
 * The **split** is by document and deterministic: a document is held out when the SHA-256 of its name
   (the path relative to the corpus root) falls in the first ``held_out_fraction`` of the hash range, so it
-  never depends on random state, file order or the other files present.
+  never depends on random state, file order or the other files present. A corpus of too few files for that
+  (one text file) is split the same way by chunks of lines instead.
 * The **tokenizer** is a HF ``tokenizers`` tokenizer: read from a checkpoint's ``tokenizer.json``, or a
   byte-level BPE trained on the corpus for the demo parents. ``EOS`` (``<|endoftext|>``) separates documents.
 * **Packing** concatenates the documents' tokens (EOS after each) into one stream and cuts it into rows of
@@ -187,19 +188,60 @@ def _read_jsonl(file: Path, root: Path) -> list[Document]:
 
 def is_held_out(name: str, held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION) -> bool:
     """Whether the document ``name`` belongs to the held-out split (a stable hash of the name, no RNG)."""
-    bucket = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2**64
-    return bucket < held_out_fraction
+    return _bucket(name) < held_out_fraction
 
 
 def split_corpus(corpus: Corpus, held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION) -> tuple[Corpus, Corpus]:
-    """(train, held-out) by document name. A corpus of one document is all train (nothing to hold out)."""
+    """(train, held-out) by document name; by chunks of lines when too few documents leave a side empty.
+
+    A corpus of one or a few files (a single text file is a valid corpus) has nothing to hold out by file, so
+    its documents are cut into chunks of up to ``CHUNK_LINES`` lines (fewer for short corpora, so that there
+    are about ``MIN_CHUNKS``), each named ``NAME:lines A-B`` and split by the same hash of its name. If the
+    hash still leaves a side empty, the chunk with the smallest hash is held out (or the one with the largest
+    kept for training). Only a corpus of fewer than two lines stays all train.
+    """
     if not 0.0 <= held_out_fraction < 1.0:
         raise DataError(f"held-out fraction must be in [0, 1), got {held_out_fraction}")
-    if len(corpus.documents) < 2:
+    train, held = _split_by_name(corpus.documents, held_out_fraction)
+    if held_out_fraction == 0.0 or (train and held):
+        return Corpus(corpus.source, train), Corpus(corpus.source, held)
+    chunks = _line_chunks(corpus.documents)
+    if len(chunks) < 2:
         return corpus, Corpus(source=corpus.source, documents=())
-    held = tuple(d for d in corpus.documents if is_held_out(d.name, held_out_fraction))
-    train = tuple(d for d in corpus.documents if not is_held_out(d.name, held_out_fraction))
+    train, held = _split_by_name(chunks, held_out_fraction)
+    if not held or not train:
+        ranked = sorted(chunks, key=lambda d: _bucket(d.name))
+        pick = ranked[0] if not held else ranked[-1]
+        held = (pick,) if not held else tuple(d for d in held if d is not pick)
+        held_names = {d.name for d in held}
+        train = tuple(d for d in chunks if d.name not in held_names)
     return Corpus(corpus.source, train), Corpus(corpus.source, held)
+
+
+CHUNK_LINES = 64
+MIN_CHUNKS = 40
+
+
+def _bucket(name: str) -> float:
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def _split_by_name(docs: tuple[Document, ...], fraction: float) -> tuple[tuple[Document, ...], tuple[Document, ...]]:
+    held = tuple(d for d in docs if is_held_out(d.name, fraction))
+    return tuple(d for d in docs if not is_held_out(d.name, fraction)), held
+
+
+def _line_chunks(docs: tuple[Document, ...]) -> tuple[Document, ...]:
+    """Every document cut into chunks of whole lines (see ``split_corpus``), in order."""
+    lines = [d.text.splitlines(keepends=True) for d in docs]
+    total = sum(len(x) for x in lines)
+    size = max(1, min(CHUNK_LINES, total // MIN_CHUNKS))
+    out = []
+    for doc, doc_lines in zip(docs, lines, strict=True):
+        for a in range(0, len(doc_lines), size):
+            part = doc_lines[a : a + size]
+            out.append(Document(f"{doc.name}:lines {a + 1}-{a + len(part)}", "".join(part)))
+    return tuple(out)
 
 
 # --- tokenizers ------------------------------------------------------------------------------------------

@@ -12,11 +12,22 @@ sizes are keyword arguments so tests build tiny versions from the same factory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from puzzle.arch import ArchSpec, AttentionSpec, BlockSpec, FFNSpec, MambaSpec, RopeSpec
 from puzzle.errors import ConfigError
+
+
+def warmup_cosine(step: int, *, lr: float, steps: int, warmup: int, min_lr_ratio: float) -> float:
+    """The one learning-rate schedule (parent training, BLD, GKD): for optimizer step ``step`` (0-based), linear
+    warmup over ``warmup`` steps, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min((step - warmup) / max(steps - warmup, 1), 1.0)
+    floor = lr * min_lr_ratio
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)

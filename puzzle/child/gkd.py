@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from puzzle.errors import CheckpointError, ConfigError, DataError
+from puzzle.presets import warmup_cosine
 
 if TYPE_CHECKING:
     import torch
@@ -93,12 +94,9 @@ class GKDResult:
 
 
 def lr_at(step: int, cfg: GKDConfig) -> float:
+    """Learning rate of GKD step ``step``: the shared ``warmup_cosine`` with ``warmup_fraction`` of the steps."""
     warmup = int(cfg.warmup_fraction * cfg.steps)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = min((step - warmup) / max(cfg.steps - warmup, 1), 1.0)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warmup_cosine(step, lr=cfg.lr, steps=cfg.steps, warmup=warmup, min_lr_ratio=cfg.min_lr_ratio)
 
 
 def gkd_loss(
@@ -139,14 +137,70 @@ def _checkpoint_key(child: CausalLM, cfg: GKDConfig, rows: np.ndarray) -> dict[s
     }
 
 
-def _save(file: Path, state: dict[str, Any]) -> None:
+@dataclass
+class _Run:
+    """Where a GKD run stands: losses so far, the last loss parts, and what it resumed from."""
+
+    losses: list[float]
+    parts: dict[str, float]
+    start: int = 0
+    resumed_from: int | None = None
+    prior_s: float = 0.0
+
+
+def _resume(file: Path, key: dict[str, Any], child: CausalLM, opt: Any) -> _Run | None:
+    """The run saved in ``file`` loaded into ``child`` and ``opt`` (None when it was of other settings or data)."""
     import torch
 
-    from puzzle.files import atomic_path
+    try:
+        state = torch.load(file, weights_only=False)
+    except Exception as exc:  # a damaged checkpoint is a user-visible problem, not a crash
+        raise CheckpointError(f"{file}: cannot read the GKD checkpoint ({exc}); delete it to start over") from exc
+    if state.get("key") != key:
+        return None
+    child.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    start = state["step"]
+    return _Run(list(state["losses"]), state.get("parts", {}), start, start, state.get("wall_s", 0.0))
 
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(file) as tmp:
-        torch.save(state, tmp)
+
+def _gkd_steps(
+    child: CausalLM,
+    parent: CausalLM,
+    rows: np.ndarray,
+    cfg: GKDConfig,
+    opt: Any,
+    run: _Run,
+    checkpoint: Callable[[int], None],
+    on_step: Callable[[StepInfo], None] | None,
+) -> None:
+    """Steps ``run.start .. cfg.steps``; ``checkpoint(done)`` every ``checkpoint_every`` steps and after the last."""
+    import torch
+
+    from puzzle.data import iter_batches
+    from puzzle.train import StepInfo
+
+    t0 = time.perf_counter()
+    tokens_per_step = cfg.batch * cfg.seq_len
+    batches = iter_batches(rows, min(cfg.batch, len(rows)), cfg.seed, run.start)
+    for step in range(run.start, cfg.steps):
+        batch = torch.from_numpy(next(batches).astype(np.int64))  # (B, T + 1)
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, run.parts = gkd_loss(child, parent, batch[:, :-1], batch[:, 1:], cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(child.parameters(), cfg.grad_clip)
+        opt.step()
+        run.losses.append(float(loss.detach()))
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            checkpoint(done)
+        if on_step is not None:
+            rate = (done - run.start) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
+            on_step(StepInfo(step=done, total=cfg.steps, loss=run.losses[-1], lr=lr, tokens_per_s=rate))
 
 
 def run_gkd(
@@ -159,10 +213,7 @@ def run_gkd(
     on_step: Callable[[StepInfo], None] | None = None,
 ) -> GKDResult:
     """Distil ``parent`` into ``child`` (in place) on token ``rows`` (N, >= seq_len + 1); resumable."""
-    import torch
-
-    from puzzle.data import iter_batches
-    from puzzle.train import StepInfo
+    from puzzle.train import adamw, save_checkpoint
 
     if rows.ndim != 2 or rows.shape[1] < cfg.seq_len + 1:
         raise DataError(f"GKD needs token rows of at least seq_len + 1 = {cfg.seq_len + 1} tokens, got {rows.shape}")
@@ -174,73 +225,39 @@ def run_gkd(
         p.requires_grad_(False)
     for p in child.parameters():
         p.requires_grad_(True)
-    decay = [p for p in child.parameters() if p.dim() >= 2]
-    no_decay = [p for p in child.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
+    opt = adamw(child, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     key = _checkpoint_key(child, cfg, rows)
     file = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    start, losses, resumed_from, prior_s = 0, [], None, 0.0
-    parts: dict[str, float] = {}
+    run = _Run(losses=[], parts={})
     if file is not None and file.is_file():
-        try:
-            state = torch.load(file, weights_only=False)
-        except Exception as exc:  # a damaged checkpoint is a user-visible problem, not a crash
-            raise CheckpointError(f"{file}: cannot read the GKD checkpoint ({exc}); delete it to start over") from exc
-        if state.get("key") == key:
-            child.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start, losses, parts = state["step"], list(state["losses"]), state.get("parts", {})
-            resumed_from, prior_s = start, state.get("wall_s", 0.0)
+        run = _resume(file, key, child, opt) or run
 
     def checkpoint(step: int, wall: float) -> None:
         if file is not None:
-            _save(
-                file,
-                {
-                    "key": key,
-                    "model": child.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": step,
-                    "losses": losses,
-                    "parts": parts,
-                    "wall_s": wall,
-                },
-            )
+            state = {"key": key, "model": child.state_dict(), "optimizer": opt.state_dict(), "step": step}
+            save_checkpoint(file, state | {"losses": run.losses, "parts": run.parts, "wall_s": wall})
 
     t0 = time.perf_counter()
     child.train()
-    tokens_per_step = cfg.batch * cfg.seq_len
-    batches = iter_batches(rows, min(cfg.batch, len(rows)), cfg.seed, start)
     try:
-        for step in range(start, cfg.steps):
-            batch = torch.from_numpy(next(batches).astype(np.int64))  # (B, T + 1)
-            lr = lr_at(step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss, parts = gkd_loss(child, parent, batch[:, :-1], batch[:, 1:], cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(child.parameters(), cfg.grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-            done = step + 1
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                checkpoint(done, prior_s + time.perf_counter() - t0)
-            if on_step is not None:
-                elapsed = time.perf_counter() - t0
-                rate = (done - start) * tokens_per_step / max(elapsed, 1e-9)
-                on_step(StepInfo(step=done, total=cfg.steps, loss=losses[-1], lr=lr, tokens_per_s=rate))
-        if start == cfg.steps == 0:
+        _gkd_steps(
+            child,
+            parent,
+            rows,
+            cfg,
+            opt,
+            run,
+            lambda step: checkpoint(step, run.prior_s + time.perf_counter() - t0),
+            on_step,
+        )
+        if run.start == cfg.steps == 0:
             checkpoint(0, 0.0)
     finally:
         child.eval()
         for p in child.parameters():
             p.requires_grad_(False)
+    losses, parts, prior_s, resumed_from = run.losses, run.parts, run.prior_s, run.resumed_from
+    tokens_per_step = cfg.batch * cfg.seq_len
     return GKDResult(
         steps=cfg.steps,
         tokens=cfg.steps * tokens_per_step,

@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     train.add_argument("--out", required=True, help="output directory (HF format)")
+    train.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=None,
+        help="also checkpoint after this many seconds of training (default 60; 0: by steps only)",
+    )
     train.add_argument("--json", action="store_true", help="print the training summary as JSON")
     train.set_defaults(func=_train)
 
@@ -33,13 +39,24 @@ def _train(args: argparse.Namespace) -> int:
     from puzzle.cli.progress import training_bar
     from puzzle.errors import ConfigError
     from puzzle.presets import get_preset
-    from puzzle.train import train_parent
+    from puzzle.train import CHECKPOINT_SECONDS, train_parent
 
     if args.steps is not None and args.steps <= 0:
         raise ConfigError(f"--steps must be a positive integer, got {args.steps}")
+    every = CHECKPOINT_SECONDS if args.checkpoint_seconds is None else args.checkpoint_seconds
+    if not every >= 0 or every == float("inf"):
+        raise ConfigError(f"--checkpoint-seconds must be a finite number >= 0, got {args.checkpoint_seconds}")
     preset = get_preset(args.preset)
     with training_bar(f"training {preset.name}") as (on_step, on_status):
-        result = train_parent(preset, args.out, args.corpus, steps=args.steps, on_step=on_step, on_status=on_status)
+        result = train_parent(
+            preset,
+            args.out,
+            args.corpus,
+            steps=args.steps,
+            on_step=on_step,
+            on_status=on_status,
+            checkpoint_seconds=every or None,
+        )
     if args.json:
         data = result.to_dict()
         data.pop("losses")

@@ -1,6 +1,7 @@
 """The block library and how it is built.
 
 library.py   ``BlockLibrary`` (the artifact every stage shares: layers, variants, metrics, costs, scenarios)
+scenario.py  ``Scenario`` and the sane-range checks of every number a library holds
 nvlabs.py    import of the NVlabs Puzzle demo format
 space.py     the search space (which variants to build per layer), from YAML
 prune.py     variant initialisation from the parent (activation-based importance)
@@ -8,6 +9,7 @@ distill.py   blockwise local distillation (BLD) of one variant
 score.py     replace-one-block quality scores
 cost.py      parameters, memory and measured latency per scenario
 build.py     the build plan: prune -> distill -> score -> cost over an executor, resumable
+prepare.py   its first stage: the parent's blocks and activations on distillation / held-out text
 executor.py  local and Ray executors
 store.py     keyed, idempotent result records
 """

@@ -33,7 +33,7 @@ from puzzle.library.prune import DEFAULT_KV_METHOD, DEFAULT_LINEAR_METHOD, init_
 # subblock kind (space / BlockSpec field) -> module attribute of puzzle.model.Block
 MODULE = {"mamba": "mamba", "attention": "attn", "ffn": "ffn"}
 # bump when the init or training algorithm changes, so stored units are not reused across versions
-BLD_VERSION = 4  # 4: streamed activations (one parent forward per batch for all units of a layer)
+BLD_VERSION = 5  # 5: streamed activations (one parent forward per batch for all units), the shared LR schedule
 SPEC_TYPES = {"mamba": MambaSpec, "attention": AttentionSpec, "ffn": FFNSpec}
 
 

@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,102 +58,10 @@ from typing import Any
 from puzzle.arch import BlockSpec
 from puzzle.errors import ConfigError, LibraryError
 from puzzle.files import write_text
+from puzzle.library.scenario import Scenario, check_sizes, numbers, scenario_numbers, size
 
 SCHEMA_VERSION = 1
 LIBRARY_FILE = "library.json"
-SCENARIO_KINDS = ("prefill", "decode")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-def _check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise LibraryError(f"{kind} name {name!r} must be non-empty and use only letters, digits, '_', '.', '-'")
-
-
-def _numbers(owner: str, values: Any, *, nonnegative: bool) -> dict[str, float]:
-    if not isinstance(values, Mapping):
-        raise LibraryError(f"{owner}: expected an object of numbers, got {type(values).__name__}")
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        if not isinstance(key, str) or not key or "@" in key:
-            raise LibraryError(f"{owner}: key {key!r} must be a non-empty string without '@'")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise LibraryError(f"{owner}.{key}: expected a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise LibraryError(f"{owner}.{key}: must be finite, got {value}")
-        if nonnegative and value < 0:
-            raise LibraryError(f"{owner}.{key}: a cost cannot be negative, got {value}")
-        out[key] = value
-    return out
-
-
-def _scenario_numbers(owner: str, values: Any) -> dict[str, dict[str, float]]:
-    if not isinstance(values, Mapping):
-        raise LibraryError(f"{owner}: expected an object scenario -> costs, got {type(values).__name__}")
-    return {str(s): _numbers(f"{owner}[{s}]", c, nonnegative=True) for s, c in values.items()}
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One measured workload (hardware + shape) that latency and memory costs refer to."""
-
-    name: str
-    kind: str = "prefill"
-    batch_size: int = 1
-    seq_len: int = 1
-    device: str = "unknown"
-    dtype: str = "unknown"
-    tokens_per_sequence: int = 0  # 0: derived from kind (prefill: seq_len, decode: 1)
-    threads: int = 0  # CPU threads the latencies were measured with (0: not recorded); re-measure with as many
-
-    def __post_init__(self) -> None:
-        _check_name("scenario", self.name)
-        if self.kind not in SCENARIO_KINDS:
-            raise LibraryError(
-                f"scenario {self.name}: kind must be one of {', '.join(SCENARIO_KINDS)}, got {self.kind!r}"
-            )
-        for attr in ("batch_size", "seq_len"):
-            value = getattr(self, attr)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise LibraryError(f"scenario {self.name}: {attr} must be a positive integer, got {value!r}")
-        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
-            raise LibraryError(f"scenario {self.name}: threads must be an integer >= 0, got {self.threads!r}")
-        if not isinstance(self.tokens_per_sequence, int) or self.tokens_per_sequence < 0:
-            raise LibraryError(
-                f"scenario {self.name}: tokens_per_sequence must be >= 0, got {self.tokens_per_sequence!r}"
-            )
-        if self.tokens_per_sequence == 0:
-            object.__setattr__(self, "tokens_per_sequence", self.seq_len if self.kind == "prefill" else 1)
-
-    @property
-    def tokens_per_run(self) -> int:
-        """Tokens one measured run processes or produces: batch x tokens per sequence."""
-        return self.batch_size * self.tokens_per_sequence
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "batch_size": self.batch_size,
-            "seq_len": self.seq_len,
-            "device": self.device,
-            "dtype": self.dtype,
-            "tokens_per_sequence": self.tokens_per_sequence,
-            "threads": self.threads,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Scenario:
-        if not isinstance(data, Mapping):
-            raise LibraryError(f"scenario: expected an object, got {type(data).__name__}")
-        known = {"name", "kind", "batch_size", "seq_len", "device", "dtype", "tokens_per_sequence", "threads"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LibraryError(f"scenario {data.get('name')}: unknown field(s) {', '.join(unknown)}")
-        if "name" not in data:
-            raise LibraryError("scenario: missing field name")
-        return cls(**dict(data))
 
 
 @dataclass(frozen=True)
@@ -178,9 +84,10 @@ class Variant:
             raise LibraryError(f"{owner}: is_parent must be true or false, got {self.is_parent!r}")
         if self.spec is not None and not isinstance(self.spec, BlockSpec):
             raise LibraryError(f"{owner}: spec must be a BlockSpec, got {type(self.spec).__name__}")
-        object.__setattr__(self, "metrics", _numbers(f"{owner}.metrics", self.metrics, nonnegative=False))
-        object.__setattr__(self, "costs", _numbers(f"{owner}.costs", self.costs, nonnegative=True))
-        object.__setattr__(self, "scenario_costs", _scenario_numbers(f"{owner}.scenario_costs", self.scenario_costs))
+        check_sizes(f"{owner}.spec", self.spec.to_dict() if self.spec is not None else {})
+        object.__setattr__(self, "metrics", numbers(f"{owner}.metrics", self.metrics, nonnegative=False))
+        object.__setattr__(self, "costs", numbers(f"{owner}.costs", self.costs, nonnegative=True))
+        object.__setattr__(self, "scenario_costs", scenario_numbers(f"{owner}.scenario_costs", self.scenario_costs))
         if self.weights is not None and (
             not isinstance(self.weights, str) or os.path.isabs(self.weights) or ".." in Path(self.weights).parts
         ):
@@ -324,11 +231,13 @@ class BlockLibrary:
             )
         if self.hidden_size is not None and (not isinstance(self.hidden_size, int) or self.hidden_size <= 0):
             raise LibraryError(f"library: hidden_size must be a positive integer, got {self.hidden_size!r}")
-        object.__setattr__(self, "non_block_costs", _numbers("non_block_costs", self.non_block_costs, nonnegative=True))
+        if self.hidden_size is not None:
+            size("library: hidden_size", self.hidden_size)
+        object.__setattr__(self, "non_block_costs", numbers("non_block_costs", self.non_block_costs, nonnegative=True))
         object.__setattr__(
             self,
             "non_block_scenario_costs",
-            _scenario_numbers("non_block_scenario_costs", self.non_block_scenario_costs),
+            scenario_numbers("non_block_scenario_costs", self.non_block_scenario_costs),
         )
         self._check_consistent()
 

@@ -23,6 +23,7 @@ from typing import Any
 from puzzle.arch import AttentionSpec, BlockSpec, FFNSpec
 from puzzle.errors import ConfigError, LibraryError
 from puzzle.library.library import BlockLibrary, Layer, Scenario, Variant
+from puzzle.library.scenario import size
 
 _ATT_RE = re.compile(r"attention\s*=\s*(?:(?P<kv>\d+)\s*kv heads|(?P<noop>no_op)|(?P<linear>linear))", re.I)
 _FFN_RE = re.compile(
@@ -58,11 +59,13 @@ def _infer_llama_dims(parent_stats: Mapping[str, Any]) -> tuple[int, int, int]:
     FFN (SwiGLU, no bias) + its norm: ``3 h I + h``; attention + its norm: ``2 h (H d) + 2 h (kv d) + h`` with
     ``H d = h`` (Llama's q and o projections are square).
     """
-    try:
-        inter, kv = int(parent_stats["ffn_intermediate_size"]), int(parent_stats["num_kv_heads"])
-        ffn_params, att_params = int(parent_stats["ffn_num_params"]), int(parent_stats["attention_num_params"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LibraryError(f"parent block stats lack {exc}; pass hidden_size, n_heads and head_dim explicitly") from exc
+    keys = ("ffn_intermediate_size", "num_kv_heads", "ffn_num_params", "attention_num_params")
+    missing = [k for k in keys if k not in parent_stats]
+    if missing:
+        raise LibraryError(
+            f"parent block stats lack {', '.join(missing)}; pass hidden_size, n_heads and head_dim explicitly"
+        )
+    inter, kv, ffn_params, att_params = (size(f"parent block stats: {k}", parent_stats[k]) for k in keys)
     hidden, rest = divmod(ffn_params, 3 * inter + 1)
     if rest or hidden <= 0:
         raise LibraryError(
@@ -97,7 +100,7 @@ def parse_nvlabs_name(
         elif att_m["linear"]:
             attention = AttentionSpec.linear()
         else:
-            kv = int(stats.get("num_kv_heads", att_m["kv"]))
+            kv = size(f"variant {name!r}: num_kv_heads", stats.get("num_kv_heads", int(att_m["kv"])))
             if kv != int(att_m["kv"]):
                 raise LibraryError(f"variant {name!r}: name says {att_m['kv']} KV heads, stats say {kv}")
             attention = AttentionSpec(n_heads=n_heads, n_kv_heads=kv, head_dim=head_dim)
@@ -106,11 +109,12 @@ def parse_nvlabs_name(
         elif ffn_m["linear"]:
             ffn = FFNSpec.linear()
         else:
-            size = int(stats.get("ffn_intermediate_size", 0)) or round(float(ffn_m["size"]))
             approx = float(ffn_m["size"])
-            if abs(size - approx) > 0.05 * approx + 1000:
-                raise LibraryError(f"variant {name!r}: name says intermediate size ~{ffn_m['size']}, stats say {size}")
-            ffn = FFNSpec(intermediate_size=size)
+            given = stats.get("ffn_intermediate_size", 0)
+            width = size(f"variant {name!r}: ffn_intermediate_size", given) if given else round(approx)
+            if abs(width - approx) > 0.05 * approx + 1000:
+                raise LibraryError(f"variant {name!r}: name says intermediate size ~{ffn_m['size']}, stats say {width}")
+            ffn = FFNSpec(intermediate_size=width)
     except ConfigError as exc:
         raise LibraryError(f"variant {name!r}: {exc}") from exc
     del hidden_size  # sizes are per-subblock; the hidden size is the library's
@@ -121,6 +125,45 @@ def _scenario_name(device: str, dtype: str, batch: int, seq: int) -> str:
     dev = re.search(r"([A-Z]\d{2,4}|[A-Z]{1,2}\d{2,4})", device.upper())
     short = dev.group(1).lower() if dev else re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") or "device"
     return f"{short}-{re.sub(r'[^a-z0-9]+', '', dtype.lower()) or 'dtype'}-b{batch}-s{seq}"
+
+
+def _layer(
+    library_file: Path,
+    i: int,
+    variants_raw: Mapping[str, Any],
+    parent_stats: Mapping[str, Any],
+    scen: str,
+    dims: dict[str, int],
+) -> Layer:
+    """Layer ``i`` of an NVlabs library: its variants with specs, metrics and costs (LibraryError naming them)."""
+    variants = []
+    for name, entry in variants_raw.items():
+        owner = f"layer_{i} variant {name!r}"
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("stats"), Mapping):
+            raise LibraryError(f"{library_file}: {owner} needs 'stats' and 'metrics' objects")
+        stats = entry["stats"]
+        missing = [k for k in (*_NVLABS_COSTS, *_NVLABS_SCENARIO_COSTS) if k not in stats]
+        if missing:
+            raise LibraryError(f"{library_file}: {owner} stats lack {', '.join(missing)}")
+        spec = parse_nvlabs_name(name, stats, **dims)
+        is_parent = all(stats.get(k) == parent_stats.get(k) for k in ("num_kv_heads", "ffn_intermediate_size"))
+        try:
+            variants.append(
+                Variant(
+                    name=name,
+                    is_parent=is_parent,
+                    spec=spec,
+                    metrics=dict(entry.get("metrics") or {}),
+                    costs={k: stats[k] for k in _NVLABS_COSTS},
+                    scenario_costs={scen: {k: stats[k] for k in _NVLABS_SCENARIO_COSTS}},
+                )
+            )
+        except LibraryError as exc:
+            raise LibraryError(f"{library_file}: {owner}: {exc}") from exc
+    try:
+        return Layer(index=i, variants=tuple(variants))
+    except LibraryError as exc:
+        raise LibraryError(f"{library_file}: {exc}") from exc
 
 
 def import_nvlabs(
@@ -149,12 +192,17 @@ def import_nvlabs(
         hidden_size = hidden_size or inferred[0]
         n_heads = n_heads or inferred[1]
         head_dim = head_dim or inferred[2]
+    hidden_size, n_heads, head_dim = (
+        size(what, value)
+        for what, value in (("hidden_size", hidden_size), ("n_heads", n_heads), ("head_dim", head_dim))
+    )
 
-    try:
-        batch, seq = int(info["batch_size"]), int(info["sequence_length"])
-        device, dtype = str(info.get("gpu", "unknown")), str(info.get("dtype", "unknown"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LibraryError(f"{folder / 'measurement_info.json'}: needs batch_size and sequence_length ({exc})") from exc
+    where = folder / "measurement_info.json"
+    if not isinstance(info, Mapping) or "batch_size" not in info or "sequence_length" not in info:
+        raise LibraryError(f"{where}: needs batch_size and sequence_length")
+    batch = size(f"{where}: batch_size", info["batch_size"])
+    seq = size(f"{where}: sequence_length", info["sequence_length"])
+    device, dtype = str(info.get("gpu", "unknown")), str(info.get("dtype", "unknown"))
     scen = scenario_name or _scenario_name(device, dtype, batch, seq)
     scenario = Scenario(name=scen, kind="prefill", batch_size=batch, seq_len=seq, device=device, dtype=dtype)
 
@@ -167,36 +215,8 @@ def import_nvlabs(
     if sorted(indexed) != list(range(len(indexed))):
         raise LibraryError(f"{library_file}: layers must be layer_0..layer_{len(indexed) - 1} without gaps")
 
-    layers = []
-    for i in range(len(indexed)):
-        variants = []
-        for name, entry in indexed[i].items():
-            owner = f"layer_{i} variant {name!r}"
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("stats"), Mapping):
-                raise LibraryError(f"{library_file}: {owner} needs 'stats' and 'metrics' objects")
-            stats = entry["stats"]
-            missing = [k for k in (*_NVLABS_COSTS, *_NVLABS_SCENARIO_COSTS) if k not in stats]
-            if missing:
-                raise LibraryError(f"{library_file}: {owner} stats lack {', '.join(missing)}")
-            spec = parse_nvlabs_name(name, stats, hidden_size=hidden_size, n_heads=n_heads, head_dim=head_dim)
-            is_parent = all(stats.get(k) == parent_stats.get(k) for k in ("num_kv_heads", "ffn_intermediate_size"))
-            try:
-                variants.append(
-                    Variant(
-                        name=name,
-                        is_parent=is_parent,
-                        spec=spec,
-                        metrics=dict(entry.get("metrics") or {}),
-                        costs={k: stats[k] for k in _NVLABS_COSTS},
-                        scenario_costs={scen: {k: stats[k] for k in _NVLABS_SCENARIO_COSTS}},
-                    )
-                )
-            except LibraryError as exc:
-                raise LibraryError(f"{library_file}: {owner}: {exc}") from exc
-        try:
-            layers.append(Layer(index=i, variants=tuple(variants)))
-        except LibraryError as exc:
-            raise LibraryError(f"{library_file}: {exc}") from exc
+    dims = {"hidden_size": hidden_size, "n_heads": n_heads, "head_dim": head_dim}
+    layers = [_layer(library_file, i, indexed[i], parent_stats, scen, dims) for i in range(len(indexed))]
 
     return BlockLibrary(
         layers=tuple(layers),

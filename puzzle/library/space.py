@@ -1,6 +1,7 @@
 """The search space: which cheaper variants of every parent layer the block library holds.
 
-A space is read from YAML (or built in code) and validated with every problem listed at once::
+A space is read from YAML (or built in code) and validated by pydantic against the dataclasses below (their
+annotated field types), every problem listed at once, one line each with its path::
 
     mode: decoupled          # decoupled: train attention and FFN variants separately, then compose
                              # coupled:   train every (attention, FFN) pair of a layer together
@@ -28,10 +29,13 @@ varies its one subblock. Variant names follow the NVlabs library (``attention = 
 
 from __future__ import annotations
 
+import functools
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, Strict, TypeAdapter, ValidationError
 
 from puzzle.arch import ArchSpec, AttentionSpec, BlockSpec, FFNSpec, MambaSpec
 from puzzle.errors import ConfigError
@@ -39,40 +43,71 @@ from puzzle.errors import ConfigError
 Mode = Literal["decoupled", "coupled"]
 SubblockKind = Literal["attention", "ffn", "mamba"]
 SUBBLOCKS: tuple[SubblockKind, ...] = ("mamba", "attention", "ffn")
+_FORBID_EXTRA = {"extra": "forbid"}  # pydantic's config of the spec types below: unknown keys are problems
+
+
+def _range(text: str) -> tuple[int, int] | None:
+    parts = text.split("-")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        return None
+    lo, hi = int(parts[0]), int(parts[1])
+    return (lo, hi) if lo <= hi else None
+
+
+def _layer_ref(item: Any) -> Any:
+    if (isinstance(item, int) and not isinstance(item, bool) and item >= 0) or (
+        isinstance(item, str) and (item == "last" or _range(item) is not None)
+    ):
+        return item
+    raise ValueError(f"{item!r} is not a layer index, an 'A-B' range or 'last'")
+
+
+# Field types of the spec dataclasses as pydantic validates them (plain types to everything else).
+Flag = Annotated[bool, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+Fractions = Annotated[tuple[Annotated[float, Strict(), Field(gt=0, le=1)], ...], Field(min_length=1)]
+LayerRef = Annotated[int | str, BeforeValidator(_layer_ref)]
+LayerRefs = Annotated[
+    tuple[LayerRef, ...], BeforeValidator(lambda v: v if isinstance(v, list | tuple) else [v]), Field(min_length=1)
+]
 
 
 @dataclass(frozen=True)
 class AttentionOptions:
     """GQA with ``kv_heads`` KV heads (None: the parent's count halved down to 1), linear, no-op."""
 
-    kv_heads: tuple[int, ...] | None = None
-    linear: bool = True
-    no_op: bool = True
+    __pydantic_config__ = _FORBID_EXTRA
+    kv_heads: tuple[PositiveInt, ...] | None = None
+    linear: Flag = True
+    no_op: Flag = True
 
 
 @dataclass(frozen=True)
 class FFNOptions:
     """MLPs of ``fractions`` of the parent width rounded to ``multiple``, linear, no-op."""
 
-    fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.1)
-    multiple: int = 64
-    linear: bool = True
-    no_op: bool = True
+    __pydantic_config__ = _FORBID_EXTRA
+    fractions: Fractions = (1.0, 0.75, 0.5, 0.25, 0.1)
+    multiple: PositiveInt = 64
+    linear: Flag = True
+    no_op: Flag = True
 
 
 @dataclass(frozen=True)
 class MambaOptions:
     """Mamba-2 mixers keeping ``head_fractions`` of the parent's heads (group-aligned), no-op."""
 
-    head_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
-    no_op: bool = True
+    __pydantic_config__ = _FORBID_EXTRA
+    head_fractions: Fractions = (1.0, 0.75, 0.5, 0.25)
+    no_op: Flag = True
 
 
 @dataclass(frozen=True)
 class Override:
     """Options that replace the global ones on ``layers`` (a section left as None keeps the global one)."""
 
-    layers: tuple[int | str, ...]
+    __pydantic_config__ = _FORBID_EXTRA
+    layers: LayerRefs
     attention: AttentionOptions | None = None
     ffn: FFNOptions | None = None
     mamba: MambaOptions | None = None
@@ -80,6 +115,9 @@ class Override:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """What to build per layer (see the module docstring); ``parse_space`` validates it from plain data."""
+
+    __pydantic_config__ = _FORBID_EXTRA
     attention: AttentionOptions = field(default_factory=AttentionOptions)
     ffn: FFNOptions = field(default_factory=FFNOptions)
     mamba: MambaOptions = field(default_factory=MambaOptions)
@@ -118,155 +156,69 @@ def default_space(family: str = "llama") -> SearchSpace:
     return SearchSpace()
 
 
-# --- parsing -------------------------------------------------------------------------------------------
+# --- parsing ---------------------------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type] = {
+    "attention": AttentionOptions,
+    "ffn": FFNOptions,
+    "mamba": MambaOptions,
+    "overrides": Override,
+}
 
 
-def _check_keys(where: str, data: dict[str, Any], known: tuple[str, ...], problems: list[str]) -> None:
-    for key in sorted(set(data) - set(known)):
-        problems.append(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+@functools.cache
+def _adapter() -> TypeAdapter[SearchSpace]:
+    return TypeAdapter(SearchSpace)
 
 
-def _bool(where: str, value: Any, problems: list[str]) -> bool:
-    if not isinstance(value, bool):
-        problems.append(f"{where}: must be true or false, got {value!r}")
-        return False
-    return value
+def _path(loc: tuple[int | str, ...]) -> str:
+    return "space" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
 
 
-def _fractions(where: str, value: Any, problems: list[str]) -> tuple[float, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        problems.append(f"{where}: must be a non-empty list of numbers in (0, 1], got {value!r}")
-        return ()
-    out = []
-    for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
-            problems.append(f"{where}[{i}]: must be a number in (0, 1] (a fraction of the parent), got {v!r}")
-        else:
-            out.append(float(v))
-    return tuple(out)
+def _known_keys(loc: tuple[int | str, ...]) -> str:
+    cls: type = SearchSpace
+    for part in loc:
+        cls = _SECTIONS.get(part, cls) if isinstance(part, str) else cls
+    return ", ".join(f.name for f in fields(cls))
 
 
-def _parse_attention(where: str, data: Any, problems: list[str]) -> AttentionOptions:
-    if not isinstance(data, dict):
-        problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
-        return AttentionOptions()
-    _check_keys(where, data, ("kv_heads", "linear", "no_op"), problems)
-    kv: tuple[int, ...] | None = None
-    if data.get("kv_heads") is not None:
-        raw = data["kv_heads"]
-        if not isinstance(raw, list | tuple):
-            problems.append(f"{where}.kv_heads: must be a list of positive integers, got {raw!r}")
-        else:
-            good = []
-            for i, v in enumerate(raw):
-                if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                    problems.append(f"{where}.kv_heads[{i}]: must be a positive integer, got {v!r}")
-                else:
-                    good.append(v)
-            kv = tuple(good)
-    return AttentionOptions(
-        kv_heads=kv,
-        linear=_bool(f"{where}.linear", data.get("linear", True), problems),
-        no_op=_bool(f"{where}.no_op", data.get("no_op", True), problems),
-    )
-
-
-def _parse_ffn(where: str, data: Any, problems: list[str]) -> FFNOptions:
-    if not isinstance(data, dict):
-        problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
-        return FFNOptions()
-    _check_keys(where, data, ("fractions", "multiple", "linear", "no_op"), problems)
-    multiple = data.get("multiple", FFNOptions.multiple)
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple <= 0:
-        problems.append(f"{where}.multiple: must be a positive integer (e.g. 64 or 256), got {multiple!r}")
-        multiple = FFNOptions.multiple
-    return FFNOptions(
-        fractions=_fractions(f"{where}.fractions", data["fractions"], problems)
-        if "fractions" in data
-        else FFNOptions.fractions,
-        multiple=multiple,
-        linear=_bool(f"{where}.linear", data.get("linear", True), problems),
-        no_op=_bool(f"{where}.no_op", data.get("no_op", True), problems),
-    )
-
-
-def _parse_mamba(where: str, data: Any, problems: list[str]) -> MambaOptions:
-    if not isinstance(data, dict):
-        problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
-        return MambaOptions()
-    _check_keys(where, data, ("head_fractions", "no_op"), problems)
-    return MambaOptions(
-        head_fractions=_fractions(f"{where}.head_fractions", data["head_fractions"], problems)
-        if "head_fractions" in data
-        else MambaOptions.head_fractions,
-        no_op=_bool(f"{where}.no_op", data.get("no_op", True), problems),
-    )
-
-
-def _parse_layers(where: str, raw: Any, problems: list[str]) -> tuple[int | str, ...]:
-    items = raw if isinstance(raw, list | tuple) else [raw]
-    out: list[int | str] = []
-    for item in items:
-        if (isinstance(item, int) and not isinstance(item, bool) and item >= 0) or (
-            isinstance(item, str) and (item == "last" or _range(item) is not None)
-        ):
-            out.append(item)
-        else:
-            problems.append(f"{where}: {item!r} is not a layer index, an 'A-B' range or 'last'")
-    if not out and not problems:
-        problems.append(f"{where}: list at least one layer")
-    return tuple(out)
-
-
-def _range(text: str) -> tuple[int, int] | None:
-    parts = text.split("-")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        return None
-    lo, hi = int(parts[0]), int(parts[1])
-    return (lo, hi) if lo <= hi else None
+def _problem(err: Any) -> str:
+    """One line for one pydantic error: the dotted path of the offending value, what is wrong, the value."""
+    loc = tuple(err["loc"])
+    if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{_path(loc[:-1])}: unknown key {loc[-1]!r} (known: {_known_keys(loc[:-1])})"
+    if err["type"] == "missing":
+        return f"{_path(loc[:-1])}: missing {loc[-1]!r}" + (
+            " (indices, 'A-B' ranges or 'last')" if loc[-1] == "layers" else ""
+        )
+    message = err["msg"].removeprefix("Value error, ").replace("Tuple should", "List should")
+    return message if "is not a layer index" in message else f"{message}, got {err['input']!r}"
 
 
 def parse_space(data: Any) -> SearchSpace:
-    """A ``SearchSpace`` from a plain mapping (parsed YAML); raises one ConfigError listing every problem."""
-    problems: list[str] = []
+    """A ``SearchSpace`` from a plain mapping (parsed YAML); raises one ConfigError listing every problem.
+
+    pydantic validates the mapping against the spec dataclasses themselves (their annotated field types);
+    each problem is one line starting with its path, e.g. ``space.overrides[1].layers[0]: ...``.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"space: expected a mapping at the top level, got {type(data).__name__}")
-    _check_keys("space", data, ("mode", "attention", "ffn", "mamba", "overrides"), problems)
-    mode = data.get("mode", "decoupled")
-    if mode not in ("decoupled", "coupled"):
-        problems.append(f"space.mode: must be 'decoupled' or 'coupled', got {mode!r}")
-        mode = "decoupled"
-    attention = _parse_attention("space.attention", data.get("attention", {}), problems)
-    ffn = _parse_ffn("space.ffn", data.get("ffn", {}), problems)
-    mamba = _parse_mamba("space.mamba", data.get("mamba", {}), problems)
-    overrides = []
-    raw_overrides = data.get("overrides") or []
-    if not isinstance(raw_overrides, list):
-        problems.append(f"space.overrides: must be a list, got {type(raw_overrides).__name__}")
-        raw_overrides = []
-    for i, entry in enumerate(raw_overrides):
-        where = f"space.overrides[{i}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected a mapping with 'layers', got {entry!r}")
-            continue
-        _check_keys(where, entry, ("layers", "attention", "ffn", "mamba"), problems)
-        if "layers" not in entry:
-            problems.append(f"{where}: missing 'layers' (indices, 'A-B' ranges or 'last')")
-        overrides.append(
-            Override(
-                layers=_parse_layers(f"{where}.layers", entry.get("layers", []), problems) if "layers" in entry else (),
-                attention=_parse_attention(f"{where}.attention", entry["attention"], problems)
-                if "attention" in entry
-                else None,
-                ffn=_parse_ffn(f"{where}.ffn", entry["ffn"], problems) if "ffn" in entry else None,
-                mamba=_parse_mamba(f"{where}.mamba", entry["mamba"], problems) if "mamba" in entry else None,
-            )
-        )
-    if problems:
-        raise ConfigError("invalid search space:\n  " + "\n  ".join(problems))
-    return SearchSpace(attention=attention, ffn=ffn, mamba=mamba, mode=mode, overrides=tuple(overrides))
+    if data.get("overrides", ()) is None:
+        data = {k: v for k, v in data.items() if k != "overrides"}
+    try:
+        return _adapter().validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    problems = []
+    for err, loc in zip(errors, locs, strict=True):
+        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
+            continue  # a list left empty only because its items were refused: those are the problems
+        line = _problem(err)
+        problems.append(line if line.startswith("space") else f"{_path(loc)}: {line}")
+    raise ConfigError("invalid search space:\n  " + "\n  ".join(problems))
 
 
 def load_space(path: str | Path) -> SearchSpace:

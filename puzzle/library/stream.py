@@ -41,15 +41,10 @@ from puzzle.library.distill import (
 )
 from puzzle.library.parent import ParentPrefix, load_parent_arch
 from puzzle.library.store import ResultStore
+from puzzle.presets import warmup_cosine
 
 PROBE_ROWS = 32  # fixed training rows on which "did training help its own objective?" is judged
 CALIB_ROWS = 16  # rows whose activations initialise pruned / fitted children
-
-
-def lr_factor(step: int, steps: int) -> float:
-    """Linear warm-up over the first 10 % of steps, then cosine decay to 10 % of the peak rate."""
-    warm = min(1.0, (step + 1) / max(1, steps // 10))
-    return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
 
 
 @dataclass
@@ -107,7 +102,9 @@ def _train(units: list[_Unit], stream: _Stream, n_train: int, steps: int, lr: fl
     """``steps`` AdamW steps of every unit, all on the same batch per step (one prefix forward per step)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opts = [torch.optim.AdamW(u.params, lr=lr, weight_decay=0.0) for u in units]
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, steps)) for o in opts]
+    warmup = max(1, steps // 10)
+    schedule = [warmup_cosine(s, lr=1.0, steps=steps, warmup=warmup, min_lr_ratio=0.1) for s in range(steps + 1)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: schedule[min(s, steps)]) for o in opts]
     for u in units:
         u.losses = []
         u.child.train()

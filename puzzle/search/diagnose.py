@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from puzzle.errors import InfeasibleError
-from puzzle.search.problem import Problem
+from puzzle.search.problem import Problem, cost_column
 from puzzle.search.solvers import dp_states
 from puzzle.search.solvers.dp import binding_row
 
 
+def library_costs(problem: Problem) -> tuple[np.ndarray, ...]:
+    """Per-layer (n_i, K) costs as the library has them (``problem.costs`` has outliers capped)."""
+    cols = [cost_column(problem.library, row.key, problem.scenario)[2] for row in problem.rows]
+    return tuple(np.stack([c[i] for c in cols], axis=1) if cols else c0 for i, c0 in enumerate(problem.costs))
+
+
 def diagnose(problem: Problem) -> InfeasibleError:
     """The ``InfeasibleError`` to raise for an infeasible ``problem`` (binding constraint + best value)."""
-    a = dp_states.pad(problem.weights, problem.costs, problem.lower, problem.upper, problem.tolerance)
+    a = dp_states.pad(problem.weights, library_costs(problem), problem.lower, problem.upper, problem.tolerance)
     try:
         found = binding_row(a)
     except dp_states.StateLimit:

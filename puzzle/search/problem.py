@@ -31,6 +31,17 @@ Rows come from user constraints ``KEY<=V`` / ``KEY>=V``:
     Several constraints on one key merge into one row (tightest bounds). Feasibility is checked with an
     absolute tolerance ``tol[k] = 1e-9 * max(1, sum_i max_j |c[k,i,j]|)`` everywhere (solvers, verification,
     brute force), so "exact" means exact up to float summation error.
+
+Outliers (numerical safety)
+    A legal but extreme cost (a variant at 1e12 ms beside layers of a few ms) must neither widen the
+    tolerance nor drown the other coefficients in a solver's scaling. ``build_problem`` therefore caps each
+    bounded row before anything else sees it, keeping the feasible set unchanged: with m_i = min_j c[k,i,j],
+    S = sum_i m_i, B = the largest |bound| of the row and R = 10 max(1, B, |S|), a cost above m_i + R is
+    lowered to m_i + R. Any architecture using such a variant totals more than S + R > 2B before and after
+    the cap: it breaks an upper bound, and meets a lower bound, either way (costs are not negative). Only
+    values more than ten whole-model budgets above their layer's cheapest are touched. Solutions are
+    re-summed from the library (``verify.py``) and the diagnosis of an infeasible problem minimises the
+    library's own costs, so capped values are never reported.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ COUNT_KEYS = ("attention_layers", "ffn_layers", "mamba_layers", "no_op_layers", 
 THROUGHPUT = "throughput"
 MAXIMISED_METRICS = ("cosine", "cos", "accuracy", "acc", "mmlu", "score")
 REL_TOL = 1e-9
+OUTLIER_FACTOR = 10.0  # costs more than this many whole-model budgets above their layer's cheapest are capped
 
 _CONSTRAINT_RE = re.compile(
     r"^\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*(?:@[A-Za-z0-9_.\-]+)?)\s*(?P<op><=|>=)\s*(?P<value>[^%\s]+)\s*(?P<pct>%)?\s*$"
@@ -212,6 +224,22 @@ def _frozen(arrays: Any) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+def cap_outliers(costs: list[np.ndarray], rows: tuple[Row, ...]) -> list[np.ndarray]:
+    """``costs`` with every bounded row capped as in the module docstring ("Outliers"); the feasible set is kept."""
+    if not rows or not costs:
+        return costs
+    capped = [np.array(c, dtype=np.float64) for c in costs]
+    for k, row in enumerate(rows):
+        bounds = [abs(b) for b in (row.lower, row.upper) if math.isfinite(b)]
+        if not bounds:
+            continue
+        col_min = np.array([c[:, k].min() for c in capped])
+        room = OUTLIER_FACTOR * max(1.0, *bounds, abs(float(col_min.sum())))
+        for i, c in enumerate(capped):
+            np.minimum(c[:, k], col_min[i] + room, out=c[:, k])
+    return capped
+
+
 # --- resolving keys ------------------------------------------------------------------------------------
 
 
@@ -356,6 +384,7 @@ def build_problem(
         for i, layer in enumerate(library.layers)
     ]
     weights = [obj.sign * np.array([v.metrics[obj.metric] for v in layer.variants]) for layer in library.layers]
+    costs = cap_outliers(costs, tuple(rows))
     return Problem(
         library=library,
         objective=obj,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from puzzle.errors import VerificationError
 from puzzle.search.problem import COUNT_KEYS, Problem, cost_column
 
-
-class VerificationError(RuntimeError):
-    """A solver returned an assignment that does not satisfy the problem (a bug, not a user error)."""
+__all__ = ["VerificationError", "report_keys", "verify", "verify_points", "whole_model_totals"]
 
 
 def report_keys(problem: Problem) -> list[str]:
@@ -64,3 +65,21 @@ def verify(problem: Problem, choices: tuple[int, ...]) -> dict[str, float]:
                     f"solution differs from an excluded one in {differ} < {problem.min_distance} layers"
                 )
     return whole_model_totals(problem, choices)[0]
+
+
+def verify_points(problem: Problem, choices: np.ndarray) -> None:
+    """Every assignment (row) of ``choices`` (P, L) meets every bound, re-summed from the library (vectorised).
+
+    For frontiers, whose points are many: a pairwise float sum instead of ``fsum``, well inside the tolerance.
+    """
+    choices = np.asarray(choices, dtype=np.int64).reshape(-1, problem.n_layers)
+    if not len(choices):
+        return
+    tol = problem.tolerance
+    for k, row in enumerate(problem.rows):
+        _, _, cols, offset = cost_column(problem.library, row.key, problem.scenario)
+        totals = np.sum([np.asarray(c, dtype=np.float64)[choices[:, i]] for i, c in enumerate(cols)], axis=0) + offset
+        bad = np.nonzero((totals > row.upper + offset + tol[k]) | (totals < row.lower + offset - tol[k]))[0]
+        if bad.size:
+            bounds = " and ".join(row.labels)
+            raise VerificationError(f"point {int(bad[0])} breaks {bounds}: {row.key} totals {totals[bad[0]]:g}")

@@ -248,3 +248,30 @@ def test_batches_depend_only_on_step() -> None:
     assert len(set(epoch0.tolist())) == 9  # no row repeats within an epoch
     other_seed = iter_batches(rows, 3, seed=8)
     assert not all(np.array_equal(a, next(other_seed)) for a in straight)
+
+
+def test_single_file_corpus_is_split_by_chunks_of_lines(tmp_path: Path) -> None:
+    """One text file is a valid corpus: too few files to hold one out, so its lines are split instead."""
+    file = tmp_path / "book.txt"
+    file.write_text("".join(f"line {i} of the only file\n" for i in range(5000)))
+    corpus = read_corpus(file)
+    assert len(corpus.documents) == 1
+    train, held = split_corpus(corpus, 0.05)
+    assert train.documents and held.documents
+    assert 0.01 < held.n_chars / corpus.n_chars < 0.15
+    # Every line lands on exactly one side, and the split is the same on a second read.
+    assert sorted("".join(d.text for d in train.documents + held.documents).splitlines()) == sorted(
+        corpus.documents[0].text.splitlines()
+    )
+    again_train, again_held = split_corpus(read_corpus(file), 0.05)
+    assert [d.name for d in again_held.documents] == [d.name for d in held.documents]
+    assert [d.name for d in again_train.documents] == [d.name for d in train.documents]
+    assert all(d.name.startswith("book.txt:lines ") for d in held.documents)
+
+
+def test_tiny_corpus_still_holds_something_out(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("alpha\nbeta\ngamma\n")
+    (tmp_path / "b.txt").write_text("delta\n")
+    train, held = split_corpus(read_corpus(tmp_path), 0.05)
+    assert len(held.documents) == 1 and len(train.documents) == 3
+    assert split_corpus(read_corpus(tmp_path), 0.0)[1].documents == ()

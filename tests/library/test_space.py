@@ -124,3 +124,41 @@ def test_non_gqa_parent_layers_keep_their_own_option() -> None:
     assert layer.attention == (AttentionSpec.linear(),)
     assert layer.ffn == (FFNSpec.no_op(),)
     assert layer.variants() == (arch.blocks[0],)
+
+
+def test_cli_lists_every_space_problem_one_per_line_and_exits_2(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "space.yaml"
+    path.write_text("mode: sideways\nffn: {fractions: [0.5, 2], colour: red}\noverrides:\n  - layers: [x]\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "puzzle",
+            "library",
+            "build",
+            "--parent",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "lib"),
+            "--space",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == f"puzzle: error: {path}: invalid search space:"
+    assert [line.strip().split(":")[0] for line in lines[1:]] == [
+        "space.ffn.fractions[1]",
+        "space.ffn",
+        "space.mode",
+        "space.overrides[0].layers[0]",
+    ]

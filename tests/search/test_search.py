@@ -208,3 +208,28 @@ def test_entry_points_stay_callable_after_their_modules_load() -> None:
         pool = search.diverse(lib, "kl_div", ["runtime_ms<=90%"], 2, 1)
     assert front.to_dict()["points"] and base.layers and len(pool) == 2
     assert callable(search.frontier) and callable(search.greedy) and callable(search.diverse)
+
+
+def test_diverse_pool_resumes_from_its_finished_solutions() -> None:
+    from puzzle.search.pool import diverse_solutions
+
+    lib = decoupled_library(8, 3, 3, seed=4)
+    full = diverse(lib, "kl_div", ["runtime_ms<=60%"], 4, 3)
+    calls: list[tuple[int, int]] = []
+    resumed = diverse_solutions(
+        lib,
+        "kl_div",
+        ["runtime_ms<=60%"],
+        4,
+        3,
+        previous=[full[0], full[1].choices],
+        on_solution=lambda *a: calls.append(a),
+    )
+    assert calls == [(3, 4), (4, 4)]  # only the missing ones are solved
+    assert [s.choices for s in resumed] == [s.choices for s in full]
+    assert resumed[0] is not full[0] and resumed[0].objective == pytest.approx(full[0].objective)
+    # Earlier solutions that do not fit the request are refused, not trusted.
+    with pytest.raises(ConfigError, match="earlier solution 1 does not belong to this pool"):
+        diverse_solutions(lib, "kl_div", ["runtime_ms<=20%"], 4, 3, previous=[full[0]])
+    with pytest.raises(ConfigError, match="earlier solution 2 does not belong"):
+        diverse_solutions(lib, "kl_div", ["runtime_ms<=60%"], 4, 3, previous=[full[0], full[0]])

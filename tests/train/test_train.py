@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ from puzzle.model import load_pretrained
 from puzzle.presets import PRESETS, TrainConfig, get_preset
 from puzzle.train import SUMMARY, StepInfo, lr_at, state_dir_of, train_parent
 from tests.train import tiny
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +133,37 @@ def test_steps_override_shortens_warmup(tmp_path: Path, cache: Path) -> None:
     assert result.steps == 20 and len(seen) == 20
     # warmup min(4, 20 // 10) = 2 steps: half the peak, then the peak
     assert [s.lr for s in seen[:2]] == pytest.approx([preset.train.lr / 2, preset.train.lr])
+
+
+def test_kill_mid_run_resumes_past_step_zero_from_a_timed_checkpoint(tmp_path: Path, cache: Path) -> None:
+    """Checkpoints by wall time as well as steps: kill -9 between step checkpoints loses seconds, not the run."""
+    out = tmp_path / "p"
+    config = {"steps": 100_000, "checkpoint_every": 100_000}  # no step checkpoint before the kill
+    script = (
+        "import sys; from puzzle.train import train_parent; from tests.train import tiny\n"
+        f"train_parent(tiny.preset(**{config!r}), sys.argv[1], tiny.CORPUS, cache_dir=sys.argv[2],"
+        " checkpoint_seconds=0.2)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out), str(cache)], cwd=REPO)
+    checkpoint = state_dir_of(out) / "checkpoint.pt"
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoint.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert checkpoint.is_file(), "no timed checkpoint was written"
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
+    assert 0 < step < 100_000
+
+    seen: list[int] = []
+
+    def stop_soon(info: StepInfo) -> None:
+        seen.append(info.step)
+        raise KeyboardInterrupt  # the resumed run starts where the killed one left off
+
+    with pytest.raises(KeyboardInterrupt):
+        train_parent(tiny.preset(**config), out, tiny.CORPUS, cache_dir=cache, on_step=stop_soon)
+    assert seen[0] == step + 1

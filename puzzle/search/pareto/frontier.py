@@ -43,6 +43,7 @@ from puzzle.library import BlockLibrary
 from puzzle.search.pareto.staircase import staircase_dp, suffix_tables
 from puzzle.search.problem import Constraint, Objective, Problem, build_problem, cost_column
 from puzzle.search.solvers import dp_states
+from puzzle.search.verify import verify_points
 
 MAX_STATES = 400_000
 SUBWINDOWS = 6  # first guess of the number of sub-windows (their width then adapts)
@@ -116,6 +117,7 @@ def frontier_of_problem(problem: Problem, axis: str) -> Frontier:
     choices, axis_vals, w = choices[order], axis_vals[order], w[order]
     keep = np.ones(len(w), dtype=bool)
     keep[1:] = w[1:] < np.minimum.accumulate(w)[:-1]
+    verify_points(problem, choices[keep])  # like every solution: a point that breaks a bound is never returned
     return Frontier(
         metric=problem.objective.metric,
         axis=full,

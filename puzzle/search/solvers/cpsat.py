@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from puzzle.errors import InfeasibleError
+from puzzle.errors import InfeasibleError, SolverError, SolveTimeout
 from puzzle.search.problem import Problem
 from puzzle.search.solution import Solution, make_solution
 from puzzle.search.solvers import Solver
@@ -69,9 +69,13 @@ class CPSATSolver(Solver):
         if self.time_limit:
             solver.parameters.max_time_in_seconds = float(self.time_limit)
         status = solver.solve(model)
-        if status in (cp_model.INFEASIBLE, cp_model.MODEL_INVALID) or status == cp_model.UNKNOWN:
-            if status == cp_model.UNKNOWN:
-                raise InfeasibleError("cpsat: no architecture found within the time limit")
+        if status == cp_model.UNKNOWN:  # CP-SAT stops UNKNOWN only on a limit: no answer, no proof
+            bound = solver.best_objective_bound / s + sum(float(w.min()) for w in problem.weights)
+            bound = problem.objective.sign * bound if math.isfinite(bound) else None
+            raise SolveTimeout(self.name, self.time_limit, bound)
+        if status == cp_model.MODEL_INVALID:
+            raise SolverError(f"cpsat rejected the model: {model.validate() or 'invalid'}")
+        if status == cp_model.INFEASIBLE:
             raise InfeasibleError("no architecture satisfies the constraints")
         choices = [next(j for j, v in enumerate(row) if solver.boolean_value(v)) for row in x]
         return make_solution(

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from puzzle.errors import ConfigError, InfeasibleError
+from puzzle.errors import ConfigError, InfeasibleError, SolveTimeout
 from puzzle.search.problem import Problem
 from puzzle.search.solution import Solution, make_solution
 from puzzle.search.solvers import Solver, dp_states
@@ -39,13 +39,18 @@ class DPSolver(Solver):
         if problem.exclusions:
             raise ConfigError("the dp solver does not take diversity cuts; use cpsat, scip, highs or cbc")
         start = time.perf_counter()
+        deadline = time.monotonic() + self.time_limit if self.time_limit else None
         try:
-            choices, info = solve_arrays(problem)
+            choices, info = solve_arrays(problem, deadline=deadline)
+        except dp_states.DeadlineReached as exc:
+            bound = None if exc.bound is None else problem.objective.sign * exc.bound
+            raise SolveTimeout(self.name, self.time_limit, bound) from None
         except dp_states.StateLimit as exc:
             # Rare shapes (several lower-bounded rows, flat objectives) defeat the pruning: hand over to HiGHS.
             from puzzle.search.solvers.mathopt import HighsSolver
 
-            solution = HighsSolver(time_limit=self.time_limit).solve(problem)
+            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+            solution = HighsSolver(time_limit=left).solve(problem)
             return replace(solution, extra={**solution.extra, "fallback_from": f"dp ({exc})"})
         if choices is None:
             raise InfeasibleError("no architecture satisfies the constraints")
@@ -54,13 +59,15 @@ class DPSolver(Solver):
         )
 
 
-def solve_arrays(problem: Problem) -> tuple[np.ndarray | None, dict]:
+def solve_arrays(problem: Problem, *, deadline: float | None = None) -> tuple[np.ndarray | None, dict]:
     """``(choices, info)`` of an optimal assignment, or ``(None, info)`` when none is feasible."""
     a = dp_states.pad(problem.weights, problem.costs, problem.lower, problem.upper, problem.tolerance)
-    return solve_padded(a)
+    return solve_padded(a, deadline=deadline)
 
 
-def solve_padded(a: dp_states.Arrays) -> tuple[np.ndarray | None, dict]:
+def solve_padded(a: dp_states.Arrays, *, deadline: float | None = None) -> tuple[np.ndarray | None, dict]:
+    """The rounds of the module docstring; ``DeadlineReached`` (carrying the dual bound) past ``deadline``."""
+    dp_states.check_deadline(deadline)
     hi_t = np.where(np.isfinite(a.hi), a.hi + a.tol, np.inf)
     lo_t = np.where(np.isfinite(a.lo), a.lo - a.tol, -np.inf)
     cmin = np.where(a.valid[:, :, None], a.c, np.inf).min(axis=1).sum(axis=0)
@@ -74,6 +81,24 @@ def solve_padded(a: dp_states.Arrays) -> tuple[np.ndarray | None, dict]:
 
     nu = dp_states.dual_ascent(a)
     g, _ = dp_states.dual_value(a, nu)
+    try:
+        return _rounds(a, nu, g, hi_t, lo_t, w_max, w_min, eps, deadline)
+    except dp_states.DeadlineReached:
+        raise dp_states.DeadlineReached(bound=g) from None
+
+
+def _rounds(
+    a: dp_states.Arrays,
+    nu: np.ndarray,
+    g: float,
+    hi_t: np.ndarray,
+    lo_t: np.ndarray,
+    w_max: float,
+    w_min: float,
+    eps: float,
+    deadline: float | None,
+) -> tuple[np.ndarray | None, dict]:
+    """Steps 2-4 of the module docstring from the dual bound ``g`` at ``nu``."""
     info: dict = {"dual_bound": g}
     if g > w_max + eps:
         return None, {**info, "reason": "Lagrangian bound exceeds every architecture"}
@@ -88,7 +113,7 @@ def solve_padded(a: dp_states.Arrays) -> tuple[np.ndarray | None, dict]:
         rounds += 1
         full = delta >= complete_at
         keep = a.valid & (rc <= delta + eps) if not full else a.valid
-        choices, value, states = _reduced_dp(a, keep, np.inf if full else g + delta + eps, nu)
+        choices, value, states = _reduced_dp(a, keep, np.inf if full else g + delta + eps, nu, deadline=deadline)
         if choices is not None and (full or value <= g + delta + eps):
             return choices, {**info, "gap": value - g, "rounds": rounds, "max_states": states}
         if full:
@@ -122,7 +147,7 @@ def _initial_gap(a, nu, g, hi_t, lo_t) -> float:
 
 
 def _reduced_dp(
-    a: dp_states.Arrays, keep: np.ndarray, ub: float, nu: np.ndarray, beam: int | None = None
+    a: dp_states.Arrays, keep: np.ndarray, ub: float, nu: np.ndarray, *, deadline: float | None = None
 ) -> tuple[np.ndarray | None, float, int]:
     """Exact DP over the kept variants; single-variant layers are fixed and folded into the bounds."""
     counts = keep.sum(axis=1)
@@ -141,7 +166,7 @@ def _reduced_dp(
         return (choices, w0, 1) if ok else (None, np.inf, 1)
     sub_w = np.where(keep[free], a.w[free], np.inf)
     sub = dp_states.Arrays(sub_w, a.c[free], keep[free], a.lo - c0, a.hi - c0, a.tol)
-    res = dp_states.run(sub, ub=ub - w0, nus=nu[None, :], beam=beam, max_states=MAX_STATES)
+    res = dp_states.run(sub, ub=ub - w0, nus=nu[None, :], max_states=MAX_STATES, deadline=deadline)
     if res.choices is None:
         return None, np.inf, res.states
     choices[free] = res.choices

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from puzzle.errors import InfeasibleError
+from puzzle.errors import InfeasibleError, SolverError, SolveTimeout
 from puzzle.search.problem import Problem
 from puzzle.search.solution import Solution, make_solution
 from puzzle.search.solvers import Solver
@@ -42,10 +42,12 @@ class CBCSolver(Solver):
         )
         model.solve(cmd)
         status = pulp.LpStatus[model.status]
-        if status != "Optimal" and not (status == "Not Solved" and model.sol_status == 2):
-            raise InfeasibleError(
-                "no architecture satisfies the constraints" if status == "Infeasible" else f"cbc: {status}"
-            )
+        if status == "Infeasible":
+            raise InfeasibleError("no architecture satisfies the constraints")
+        if status == "Not Solved" and model.sol_status != 2:  # stopped by the time limit without a solution
+            raise SolveTimeout(self.name, self.time_limit)  # (PuLP reports no bound)
+        if status != "Optimal" and status != "Not Solved":
+            raise SolverError(f"cbc failed on this problem: {status}")
         choices = [max(range(len(row)), key=lambda j, row=row: row[j].varValue or 0.0) for row in x]
         return make_solution(
             problem,
