@@ -13,12 +13,13 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from puzzle.errors import PuzzleError
+from puzzle.errors import PuzzleError, SolveTimeout
 
 # Modules of puzzle.cli that register commands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = ("demo", "parent", "evaluate", "library", "search", "export", "service")
 
 USAGE_ERROR = 2
+TIMEOUT = 3  # a solver hit --time-limit before it found an answer (the message gives its best bound)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     try:
         return int(args.func(args) or 0)
+    except SolveTimeout as exc:  # not the user's mistake, nor an answer: say so with its own code
+        print(f"puzzle: {exc}", file=sys.stderr)
+        return TIMEOUT
     except PuzzleError as exc:
         print(f"puzzle: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

@@ -37,7 +37,7 @@ def solve_problem(problem: Problem, solver: str | Solver | None = None, *, time_
     try:
         return get_solver(solver, time_limit=time_limit).solve(problem)
     except InfeasibleError as exc:
-        if exc.constraint is not None or "time limit" in str(exc):
+        if exc.constraint is not None:
             raise
         from puzzle.search.diagnose import diagnose
 

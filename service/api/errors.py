@@ -4,6 +4,8 @@
      (request validation, and any ConfigError / LibraryError / DataError / InfeasibleError raised while
      serving the request; InfeasibleError adds the binding ``constraint`` and its ``minimum``)
 404  NotFoundError          409  ConflictError          401  UnauthorizedError (with WWW-Authenticate)
+504  SolveTimeout: the solver hit its time limit (``bound``: the best bound on the objective it knew)
+500  VerificationError / SolverError: an internal fault of the search (never an answer that breaks a bound)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from puzzle.errors import InfeasibleError, PuzzleError
+from puzzle.errors import InfeasibleError, PuzzleError, SolverError, SolveTimeout, VerificationError
 from service.errors import ConflictError, InvalidInputError, NotFoundError, UnauthorizedError
 
 
@@ -37,6 +39,10 @@ def puzzle_error_response(exc: PuzzleError) -> JSONResponse:
     if isinstance(exc, InvalidInputError):
         items = [{"loc": loc, "msg": msg, "type": "invalid"} for loc, msg in exc.problems]
         return JSONResponse({"detail": items}, status_code=422)
+    if isinstance(exc, SolveTimeout):
+        return JSONResponse({"detail": str(exc), "bound": exc.bound, "time_limit": exc.time_limit}, status_code=504)
+    if isinstance(exc, VerificationError | SolverError):
+        return JSONResponse({"detail": f"internal search error: {exc}"}, status_code=500)
     problem: dict[str, Any] = {"loc": ["body"], "msg": str(exc), "type": type(exc).__name__}
     if isinstance(exc, InfeasibleError):
         problem.update(constraint=exc.constraint, minimum=exc.minimum)

@@ -66,3 +66,20 @@ def test_a_pipeline_searches_for_its_target_unless_the_search_names_one() -> Non
     assert own.search_request.target == "trtllm"
     anything = PipelineRequest.from_dict({"parent": "tiny-llama", "target": None})
     assert anything.search_request.target is None
+
+
+def test_a_solver_time_out_is_reported_as_one_by_the_cli_and_the_api(tmp_path) -> None:
+    """Not as infeasible: the CLI exits 3 with the time-out line, the API answers 504 with the bound."""
+    from puzzle.cli import TIMEOUT, main
+    from puzzle.errors import SolveTimeout
+    from service.api.errors import puzzle_error_response
+
+    library = decoupled_library(n_layers=40, n_attention=6, n_ffn=30, seed=1)
+    library.save(tmp_path / "lib")
+    code = main(
+        ["search", "--library", str(tmp_path / "lib"), "--max", "runtime_ms=40%", "--max", "memory_mib=50%",
+         "--solver", "cbc", "--time-limit", "0.001"]
+    )  # fmt: skip
+    assert code == TIMEOUT
+    response = puzzle_error_response(SolveTimeout("cbc", 0.001, 1.5))
+    assert response.status_code == 504 and b'"bound":1.5' in response.body
