@@ -13,7 +13,11 @@ projections (gate and up for SwiGLU, up for squared-ReLU, the matrix of a linear
 
 (rows / columns concatenated, biases concatenated, down biases summed; linear FFNs: ``W1 diag(g1) + W2 diag(g2)``)
 behind one RMSNorm of unit gain, in the first layer of the group; the other layers of the group become full
-no-ops. The fused model computes the parallel form exactly (up to float rounding); how far that is from the
+no-ops. This holds for both families: a Nemotron-H MLP layer's ``norm`` is the same RMSNorm (one gain of hidden
+size, the model-wide eps, over the whole hidden vector; the grouped norm exists only inside the Mamba mixer).
+The folding is exact in fp32; in bf16 / fp16 ``RMSNorm`` casts before multiplying by the gain, so a folded
+model differs from the parallel form by that rounding. The fused width is the sum of the members' widths: on
+the ``ffn_mult`` grid (multiples of 256) whenever the members are. The fused model computes the parallel form exactly (up to float rounding); how far that is from the
 sequential model is what the *dependency score* of each adjacent pair predicts:
 
     score(a, b) = mean_tokens (1 - cos(F_b(n_b(h_b)), F_b(n_b(h_b - F_a(n_a(h_a))))))

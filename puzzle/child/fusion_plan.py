@@ -92,6 +92,7 @@ class FusionReport:
 
     reference: str  # "parent" or "child": what the KL bound is measured against
     max_kl: float
+    start_kl: float  # KL of the unfused child to the reference on the calibration tokens (0 for the child)
     runs: tuple[Group, ...]
     scores: tuple[PairScore, ...]
     trials: tuple[Trial, ...]
@@ -109,6 +110,7 @@ class FusionReport:
         return {
             "reference": self.reference,
             "max_kl": self.max_kl if math.isfinite(self.max_kl) else None,
+            "start_kl": self.start_kl,
             "runs": [list(r) for r in self.runs],
             "scores": [s.to_dict() for s in self.scores],
             "trials": [t.to_dict() for t in self.trials],
@@ -238,6 +240,7 @@ def fuse_child(
     quality; ``gkd_rows`` (N, >= seq_len + 1) feed the optional GKD; ``scenarios`` default to the profiler's
     ``default_scenarios(config.device)`` (an empty sequence skips latency).
     """
+    from puzzle.child.assess import kl_to_parent
     from puzzle.library.cost import default_scenarios
 
     status = on_status or (lambda _msg: None)
@@ -253,6 +256,10 @@ def fuse_child(
     reference = parent if parent is not None else model
     status(f"{len(runs)} fusable run(s): {', '.join('+'.join(map(str, r)) for r in runs)}; scoring adjacent pairs")
     scores = dependency_scores(model, calib_tokens, config.seq_len, batch_size=config.batch_size, runs=runs)
+    start_kl = 0.0
+    if parent is not None:
+        start_kl = kl_to_parent(model, parent, calib_tokens, config.seq_len, batch_size=config.batch_size)
+        status(f"the unfused child is at KL {start_kl:.4f} to the parent (bound {config.max_kl})")
     groups, trials = select_fusions(model, reference, scores, calib_tokens, config, on_status=status)
     fused = fuse_groups(model, groups)
     gkd = None
@@ -271,12 +278,13 @@ def fuse_child(
     scenarios = default_scenarios(config.device) if scenarios is None else tuple(scenarios)
     lat: dict[str, dict[str, float]] = {}
     blocks: list[dict[str, Any]] = []
-    if scenarios:
+    if scenarios and groups:  # nothing fused: the same model twice would only measure the noise
         status(f"measuring latency ({', '.join(s.name for s in scenarios)})")
         lat = latency(model, fused, scenarios, config)
         blocks = fused_block_latency(model, fused, groups, scenarios, config)
     report = FusionReport(
         reference="parent" if parent is not None else "child",
+        start_kl=start_kl,
         max_kl=float(config.max_kl),
         runs=tuple(runs),
         scores=tuple(scores),

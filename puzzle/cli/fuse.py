@@ -145,7 +145,10 @@ def _summary(report: FusionReport, out: Path) -> str:
     lines = [f"fused layers {groups} ({report.layers_removed} layer(s) removed from the sequential path)"]
     if not report.groups:
         best = min((t.kl for t in report.trials), default=float("nan"))
-        lines.append(f"no pair stays within --max-kl {report.max_kl} (smallest KL tried {best:.4f}); child unchanged")
+        start = f"; the unfused child is already at {report.start_kl:.4f}" if report.reference == "parent" else ""
+        lines.append(
+            f"no pair stays within --max-kl {report.max_kl} (smallest KL tried {best:.4f}{start}); child unchanged"
+        )
     before, after = report.quality["before"], report.quality["after"]
     kl_key = "kl_to_parent" if report.reference == "parent" else "kl_to_unfused"
     lines.append(

@@ -207,6 +207,21 @@ def test_fuse_child_reports_quality_latency_and_heals_by_gkd(text_tokens) -> Non
         assert torch.equal(v, before[k])  # the unfused child is untouched (GKD trained the copy)
 
 
+def test_against_a_parent_the_bound_counts_from_zero_and_a_too_tight_one_fuses_nothing(text_tokens) -> None:
+    model = random_model(child_arch())
+    parent = random_model(replace(child_arch(), blocks=(small_llama(6).blocks[0],) * 6), seed=1)
+    calib = text_tokens[:200]
+    start = kl_to_parent(model, parent, calib, 16)
+    config = FusionConfig(max_kl=start * 0.99, seq_len=16)  # the unfused child is already beyond it
+    fused, report = fuse_child(model, calib, text_tokens[200:300], config, parent=parent, scenarios=())
+    assert report.reference == "parent" and report.start_kl == pytest.approx(start, rel=1e-6)
+    assert report.groups == () and len(report.trials) == 2 and not any(t.accepted for t in report.trials)
+    assert report.latency == {} and report.fused_blocks == ()
+    assert report.quality["after"]["kl_to_parent"] == pytest.approx(report.quality["before"]["kl_to_parent"])
+    with torch.no_grad():
+        assert torch.equal(fused(ids()), model(ids()))
+
+
 def test_fuse_child_refuses_a_child_without_a_run_and_bad_settings() -> None:
     model = random_model(small_llama(2))
     tokens = np.arange(100, dtype=np.int32)
