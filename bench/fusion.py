@@ -81,7 +81,12 @@ def run_preset(name: str, args: argparse.Namespace, corpus: Path) -> dict[str, A
     """Train (or reuse) the parent, build and heal the child, fuse it three ways; returns the rows."""
     preset, layers = presets(args.steps)[name]
     out = Path(args.out) / name
-    train_parent(preset, out / "parent", corpus, on_status=log)
+
+    def on_step(info: Any) -> None:
+        if info.step % 25 == 0 or info.step == info.total:
+            log(f"step {info.step}/{info.total} loss {info.loss:.3f}")
+
+    train_parent(preset, out / "parent", corpus, on_status=log, on_step=on_step)
     parent = load_pretrained(out / "parent")
     tokenizer = load_tokenizer(out / "parent")
     train_docs, held_docs = split_corpus(read_corpus(corpus), preset.train.held_out_fraction)
@@ -92,7 +97,7 @@ def run_preset(name: str, args: argparse.Namespace, corpus: Path) -> dict[str, A
     child = drop_mixers(parent, layers)
     if args.child_gkd_tokens:
         log(f"healing the unfused child ({args.child_gkd_tokens} GKD tokens)")
-        run_gkd(child, parent, rows, GKDConfig(tokens=args.child_gkd_tokens, seq_len=SEQ_LEN, seed=1))
+        run_gkd(child, parent, rows, GKDConfig(tokens=args.child_gkd_tokens, seq_len=SEQ_LEN, seed=1), on_step=on_step)
     parent_ppl = evaluate(parent, held, SEQ_LEN).perplexity
     gkd = GKDConfig(tokens=args.gkd_tokens, seq_len=SEQ_LEN, cosine_weight=0.0)
     settings = {
@@ -152,7 +157,11 @@ def main() -> int:
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency measurement")
     parser.add_argument("--presets", default="llama,hybrid")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: tiny models on a shared CPU run far faster)"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from bench.quality import small_corpus  # a few standard-library packages, copied once
 
