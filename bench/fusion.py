@@ -1,6 +1,7 @@
 """FFN Fusion on children with attention removed in runs: fused vs unfused latency, perplexity and KL.
 
     python bench/fusion.py [--out runs/fusion] [--steps 150] [--child-gkd-tokens N] [--gkd-tokens N] [--max-kl X]
+                           [--settings all,all+gkd,greedy] [--threads 1]
 
 For two small parents (an 8-layer Llama and a 10-layer hybrid ``M-M*-M-M*-``, hidden 128, trained here for
 ``--steps`` on a few standard-library packages, reused when present) it builds a child with the mixers of
@@ -107,6 +108,8 @@ def run_preset(name: str, args: argparse.Namespace, corpus: Path) -> dict[str, A
         ),
         f"KL <= {args.max_kl}": FusionConfig(max_kl=args.max_kl, seq_len=SEQ_LEN, repeats=args.repeats),
     }
+    chosen = {"all": "all pairs", "all+gkd": "all pairs + GKD", "greedy": f"KL <= {args.max_kl}"}
+    settings = {chosen[k]: settings[chosen[k]] for k in args.settings.split(",")}
     results = {"parent_perplexity": parent_ppl, "child_layers_without_mixer": list(layers), "settings": {}}
     for label, config in settings.items():
         log(f"{name}: {label}")
@@ -157,6 +160,7 @@ def main() -> int:
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency measurement")
     parser.add_argument("--presets", default="llama,hybrid")
+    parser.add_argument("--settings", default="all,all+gkd,greedy", help="which of all, all+gkd, greedy to run")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: tiny models on a shared CPU run far faster)"
     )
