@@ -29,7 +29,8 @@ from puzzle.arch import ArchSpec, BlockSpec
 from puzzle.library import Scenario
 
 MIB = 1024 * 1024
-PROFILE_VERSION = 2  # part of every profiling result's key: bump when how a block is timed changes
+PROFILE_VERSION = 3  # part of every profiling result's key: bump when how a block is timed (or what it runs) changes
+# 3: the Mamba scan no longer slows down on underflowing decays (puzzle.model.ssd.DECAY_FLOOR)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
