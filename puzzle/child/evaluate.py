@@ -44,7 +44,7 @@ def _result(total_nll: float, n: int) -> EvalResult:
     return EvalResult(tokens=n, loss=loss, perplexity=math.exp(loss))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: compare the arrays, not the objects
 class SequenceScores:
     """Per-sequence sums over the packed held-out rows (one entry per row, in order): the predicted ``tokens``,
     their ``nll`` (nats), and against a parent their ``kl`` (``KL(p_parent || q_model)``, nats) and ``agree``
