@@ -85,7 +85,7 @@ def _exp_decay(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tenso
     as ``x`` gets more negative."""
     if keep is not None:
         x = x.masked_fill(~keep, DECAY_FLOOR - 1.0)
-    return torch.exp(x.clamp(min=DECAY_FLOOR)).masked_fill_(x < DECAY_FLOOR, 0.0)
+    return torch.exp(x.clamp(min=DECAY_FLOOR)).masked_fill(x < DECAY_FLOOR, 0.0)  # not in place: exp saves its output
 
 
 def _decay(a_cum: torch.Tensor) -> torch.Tensor:
