@@ -1,7 +1,8 @@
 """Real evaluation of a child: held-out quality against its parent, and measured latency against prediction.
 
 * perplexity: ``puzzle.child.evaluate.evaluate`` on held-out tokens (same packing as parent evaluation);
-* KL to the parent: mean over the same predicted tokens of ``KL(p_parent || q_child)`` (nats / token);
+* KL to the parent: mean over the same predicted tokens of ``KL(p_parent || q_child)`` (nats / token;
+  ``puzzle.child.evaluate.score_sequences`` gives it per sequence, with top-1 agreement, for intervals);
 * latency: the assembled child measured per scenario with the builder's ``puzzle.library.cost.measure_model`` (same
   device, dtype and shapes the library's scenarios name), next to the library's prediction for the chosen
   variants (sum of their ``runtime_ms@scenario`` + the non-block cost), and the error in % of the prediction.
@@ -15,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from puzzle.data import pack
-from puzzle.errors import ConfigError, DataError
+from puzzle.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -43,26 +43,11 @@ def kl_to_parent(
     child: torch.nn.Module, parent: torch.nn.Module, tokens: np.ndarray, seq_len: int, *, batch_size: int = 8
 ) -> float:
     """Mean KL(parent || child) in nats per predicted token of ``tokens`` (packed like ``evaluate``)."""
-    import torch
-    import torch.nn.functional as F
+    from puzzle.child.evaluate import score_sequences
 
-    rows = pack(tokens, seq_len, drop_last=False)
-    if not rows:
-        raise DataError(f"the evaluation text has {len(tokens)} token(s); at least 2 are needed")
-    full = [r for r in rows if len(r) == seq_len + 1]
-    batches = [np.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
-    batches += [r[None, :] for r in rows if len(r) < seq_len + 1]
-    total, count = 0.0, 0
-    child.eval()
-    parent.eval()
-    with torch.no_grad():  # not inference_mode: its cached RoPE tables could not be trained through later
-        for batch in batches:
-            ids = torch.from_numpy(batch[:, :-1].astype(np.int64))  # (B, T)
-            logp = F.log_softmax(parent(ids).float(), dim=-1)  # (B, T, V)
-            logq = F.log_softmax(child(ids).float(), dim=-1)
-            total += float((logp.exp() * (logp - logq)).sum())
-            count += ids.numel()
-    return total / count
+    kl = score_sequences(child, tokens, seq_len, parent=parent, batch_size=batch_size).kl_mean
+    assert kl is not None
+    return kl
 
 
 def predicted_cost(library: BlockLibrary, layers: Sequence[str], name: str, scenario: str | None) -> float:

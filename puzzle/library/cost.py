@@ -29,7 +29,8 @@ from puzzle.arch import ArchSpec, BlockSpec
 from puzzle.library import Scenario
 
 MIB = 1024 * 1024
-PROFILE_VERSION = 2  # part of every profiling result's key: bump when how a block is timed changes
+PROFILE_VERSION = 3  # part of every profiling result's key: bump when how a block is timed (or what it runs) changes
+# 3: the Mamba scan no longer slows down on underflowing decays (puzzle.model.ssd.DECAY_FLOOR)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -103,8 +104,16 @@ class _threads:
         torch.set_num_threads(self.before)
 
 
-def time_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, repeats: int = 10) -> tuple[float, float]:
-    """(median, max - min) wall time of ``fn`` in ms after ``warmup`` untimed calls."""
+def time_ms(
+    fn: Callable[[], Any],
+    device: torch.device,
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    samples: list[float] | None = None,
+) -> tuple[float, float]:
+    """(median, max - min) wall time of ``fn`` in ms after ``warmup`` untimed calls; every timed run's ms is
+    appended to ``samples`` when given."""
     for _ in range(warmup):
         fn()
     times = []
@@ -121,6 +130,8 @@ def time_ms(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, rep
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
+    if samples is not None:
+        samples.extend(times)
     return statistics.median(times), max(times) - min(times)
 
 
@@ -182,7 +193,7 @@ def measure_block(
     repeats: int = 10,
     copies: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """Per scenario: ``runtime_ms`` (median), ``runtime_spread_ms``, ``memory_mib`` of one block.
+    """Per scenario: ``runtime_ms`` (median), ``runtime_spread_ms``, ``runtime_min_ms``, ``memory_mib`` of one block.
 
     The block is timed as a chain of ``copies`` independent instances run in sequence, and the time is divided
     by ``copies``: inside a model, a block's weights and cache are no longer in the CPU caches when its turn
@@ -197,13 +208,19 @@ def measure_block(
     for sc in scenarios:
         dtype = DTYPES[sc.dtype]
         blocks = [_realistic(build_block(arch, spec)).to(dev, dtype).eval() for _ in range(copies)]
+        runs: list[float] = []
         with _threads(sc.threads):
             median, spread = time_ms(
-                _chain_runner(blocks, sc, arch.hidden_size, dev, dtype), dev, warmup=warmup, repeats=repeats
+                _chain_runner(blocks, sc, arch.hidden_size, dev, dtype),
+                dev,
+                warmup=warmup,
+                repeats=repeats,
+                samples=runs,
             )
         out[sc.name] = {
             "runtime_ms": median / copies,
             "runtime_spread_ms": spread / copies,
+            "runtime_min_ms": min(runs) / copies,  # the least disturbed run: steadier than the median on a busy host
             "memory_mib": block_memory_mib(arch, spec, sc, params),
         }
     return out
@@ -234,20 +251,24 @@ def _model_runners(m: nn.Module, sc: Scenario, dev: torch.device) -> tuple[Calla
 def measure_model(
     model: nn.Module, scenarios: tuple[Scenario, ...], *, device: str = "cpu", warmup: int = 3, repeats: int = 10
 ) -> dict[str, dict[str, float]]:
-    """Per scenario: the whole model's ``runtime_ms`` / spread, and its non-block part (embed + head) alone."""
+    """Per scenario: the whole model's ``runtime_ms`` / spread / min, and its non-block part (embed + head) alone."""
     dev = torch.device(device)
     out = {}
     for sc in scenarios:
         m = model.to(dev, DTYPES[sc.dtype]).eval()
         whole, non_block = _model_runners(m, sc, dev)
+        runs: list[float] = []
+        nb_runs: list[float] = []
         with _threads(sc.threads):
-            median, spread = time_ms(whole, dev, warmup=warmup, repeats=repeats)
-            nb_median, nb_spread = time_ms(non_block, dev, warmup=warmup, repeats=repeats)
+            median, spread = time_ms(whole, dev, warmup=warmup, repeats=repeats, samples=runs)
+            nb_median, nb_spread = time_ms(non_block, dev, warmup=warmup, repeats=repeats, samples=nb_runs)
         out[sc.name] = {
             "runtime_ms": median,
             "runtime_spread_ms": spread,
+            "runtime_min_ms": min(runs),
             "non_block_runtime_ms": nb_median,
             "non_block_runtime_spread_ms": nb_spread,
+            "non_block_runtime_min_ms": min(nb_runs),
         }
     model.to("cpu", torch.float32)
     return out

@@ -68,3 +68,50 @@ def test_evaluation_input_errors(parent: Path) -> None:
         evaluate(model, np.array([5], dtype=np.int32), 8)
     with pytest.raises(DataError, match="does not belong to this model"):
         evaluate(model, np.array([1, 2, 10_000], dtype=np.int32), 8)
+
+
+def test_sequence_scores_sum_to_the_evaluation_and_round_trip(parent: Path) -> None:
+    from puzzle.child.evaluate import SequenceScores, score_sequences
+
+    model = load_pretrained(parent)
+    tokens = encode_corpus(read_corpus(tiny.CORPUS / "decoder.py"), load_tokenizer(parent))[:301]
+    scores = score_sequences(model, tokens, seq_len=32, parent=model, batch_size=3)
+    assert list(scores.tokens) == [32] * 9 + [12]  # nine full rows and the shorter last one
+    assert scores.result().loss == pytest.approx(evaluate(model, tokens, seq_len=32).loss, rel=1e-6)
+    assert scores.kl_mean == pytest.approx(0.0, abs=1e-6) and scores.top1_agreement == 1.0
+    summary = scores.summary()
+    low, high = summary["perplexity_ci"]
+    assert low < summary["perplexity"] < high and summary["sequences"] == 10
+    again = SequenceScores.from_dict(scores.to_dict())
+    assert np.array_equal(again.nll, scores.nll) and np.array_equal(again.agree, scores.agree)
+
+
+def test_compare_calls_a_tie_for_the_same_model_and_a_win_over_a_random_one(parent: Path) -> None:
+    from puzzle.child.evaluate import compare, score_sequences
+    from puzzle.model import CausalLM
+
+    model = load_pretrained(parent)
+    tokens = encode_corpus(read_corpus(tiny.CORPUS / "encoder.py"), load_tokenizer(parent))[:513]
+    torch.manual_seed(1)
+    untrained = CausalLM(model.arch)
+    trained = score_sequences(model, tokens, 32, parent=model)
+    random = score_sequences(untrained, tokens, 32, parent=model)
+    same = compare(trained, score_sequences(model, tokens, 32, parent=model))
+    assert same.verdict == "tie" and same.diff.low == same.diff.high == 0.0
+    ours = compare(trained, random)
+    assert ours.verdict == "win" and ours.ratio.high < 1.0
+    assert compare(random, trained, "kl").verdict == "loss"
+    assert random.top1_agreement is not None and random.top1_agreement < 1.0
+    with pytest.raises(DataError, match="same rows"):
+        compare(trained, score_sequences(model, tokens[:200], 32))
+
+
+def test_eval_token_count_is_whole_rows_within_the_split(parent: Path) -> None:
+    from puzzle.child.evaluate import eval_token_count
+
+    model = load_pretrained(parent)
+    tokens = encode_corpus(read_corpus(tiny.CORPUS), load_tokenizer(parent))
+    n = eval_token_count(model, tokens, 32, rel=0.5, pilot_sequences=8)
+    assert n < len(tokens) and (n - 1) % 32 == 0  # a loose target needs only part of the split, in whole rows
+    assert eval_token_count(model, tokens, 32, rel=0.05, pilot_sequences=8) > n  # a tighter one needs more
+    assert eval_token_count(model, tokens[:200], 32, rel=1e-4, pilot_sequences=8) == 200  # the whole split
