@@ -16,7 +16,7 @@ from typing import NoReturn
 from puzzle.errors import PuzzleError
 
 # Modules of puzzle.cli that register commands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "parent", "evaluate", "library", "search", "export", "service")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "parent", "evaluate", "library", "search", "export", "elastic", "service")
 
 USAGE_ERROR = 2
 
