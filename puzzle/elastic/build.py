@@ -78,6 +78,23 @@ class ElasticRequest:
         if problems:
             raise ConfigError("elastic: " + "; ".join(problems))
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything that decides the result (the output folder itself aside)."""
+        return {
+            "parent": str(Path(self.parent).resolve()),
+            "budgets": list(self.budgets),
+            "corpus": self.corpus,
+            "space": self.space.to_dict(),
+            "cost": self.cost,
+            "objective": self.objective,
+            "train": self.train.to_dict(),
+            "rows": [self.calibration_rows, self.holdout_rows, self.score_seq_len],
+            "measure_latency": self.measure_latency,
+            "device": self.device,
+            "held_out_fraction": self.held_out_fraction,
+            "selection": self.selection,
+        }
+
 
 def _rows(tokens: np.ndarray, seq_len: int, n: int | None, what: str) -> np.ndarray:
     from puzzle.data import pack_tensor
@@ -121,6 +138,11 @@ def build_elastic(
 
     status = on_status or (lambda _msg: None)
     out = Path(req.out)
+    if (out / ELASTIC_FILE).is_file():
+        summary = read_summary(out)
+        if summary.get("request") == req.to_dict():
+            status(f"reusing the finished elastic model in {out}")
+            return summary
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / LIBRARY_DIR).exists())):
         raise ConfigError(f"--out {out} exists and is not an elastic folder; choose a new directory")
     status("reading the parent and the corpus")
@@ -172,6 +194,7 @@ def build_elastic(
     save_pretrained(model, out / MODEL_DIR, tokenizer_dir=req.parent)
     summary = {
         "schema_version": SCHEMA_VERSION,
+        "request": req.to_dict(),
         "parent": str(req.parent),
         "parent_params": n_params(model),
         "cost": req.cost,

@@ -215,7 +215,7 @@ def train_elastic(
     params = list(elastic.model.parameters())
     for p in params:
         p.requires_grad_(True)
-    groups = [{"params": params, "kind": "weights"}]
+    groups: list[dict[str, Any]] = [{"params": params, "kind": "weights"}]
     if router is not None:
         groups.append({"params": list(router.router.parameters()), "kind": "router", "lr": router.lr})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -241,7 +241,7 @@ def train_elastic(
     def checkpoint(step: int, wall: float) -> None:
         if file is None:
             return
-        state = {"key": key, "model": elastic.model.state_dict(), "teacher": teacher.state_dict()}
+        state: dict[str, Any] = {"key": key, "model": elastic.model.state_dict(), "teacher": teacher.state_dict()}
         if router is not None:
             state["router"] = router.router.state_dict()
         state |= {"optimizer": opt.state_dict(), "step": step, "losses": losses, "draws": draws, "wall_s": wall}

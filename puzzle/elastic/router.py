@@ -224,7 +224,7 @@ class CostModel:
 
     def ratio(self, picks: dict[str, torch.Tensor]) -> torch.Tensor:
         """Whole-model cost / the parent's: differentiable in ``picks``, exact for one-hots."""
-        total = sum(self.layer_cost(i, picks) for i in range(len(self.tables)))
+        total = torch.stack([self.layer_cost(i, picks) for i in range(len(self.tables))]).sum()
         return (self.non_block + total) / self.parent
 
 

@@ -71,7 +71,8 @@ def nested_library(
     ctx = ModelContext.from_arch(arch)
     cost_cache: dict[BlockSpec, tuple[dict[str, float], dict[str, dict[str, float]]]] = {}
     layers = []
-    for i, parent_block in enumerate(model.blocks):
+    blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]  # a ModuleList of Block
+    for i, parent_block in enumerate(blocks):
         choices = space.layer_choices(parent_block.spec)
         candidates = []
         for choice in choices:

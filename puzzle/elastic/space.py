@@ -182,7 +182,8 @@ class ElasticSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ElasticSpace:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 def _keep(full: int) -> list[int]:

@@ -35,6 +35,9 @@ def test_train_then_slice_every_budget(name: str, selection: str, corpus: Path, 
     assert set(summary["budgets"]) == {"0.8", "0.6", "0.4"} and summary["training"]["steps"] == 4
     assert read_summary(out)["budgets"] == summary["budgets"] and summary["selection"] == selection
     assert set(summary["mip"]) == set(summary["budgets"])  # the MIP's choice is kept for comparison either way
+    assert main(args) == 0  # the same command again: the finished folder is reused, not rebuilt
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == summary and "reusing the finished elastic model" in captured.err
     elastic = load_elastic(out)
     parent_params = n_params(load_pretrained(parent))
     assert n_params(elastic.model) == parent_params  # one set of weights: deploying every budget costs one parent
