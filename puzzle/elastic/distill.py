@@ -94,7 +94,8 @@ class RouterTraining:
     lr: float = 1e-2
     tau_start: float = 1.0
     tau_end: float = 0.2
-    cost_weight: float = 20.0
+    cost_weight: float = 20.0  # on (cost / parent - budget)^2 above the budget
+    under_weight: float = 5.0  # ... and below it: a budget left unused is quality left on the table
 
     def tau(self, step: int, steps: int) -> float:
         return self.tau_start + (self.tau_end - self.tau_start) * step / max(steps - 1, 1)
@@ -154,13 +155,15 @@ def _routed_loss(
     step: int,
     cfg: ElasticTrainConfig,
 ) -> torch.Tensor:
-    """KL of a router-sampled submodel for budget ``j`` plus the penalty for exceeding the budget's cost."""
+    """KL of a router-sampled submodel for budget ``j`` plus the penalty for missing the budget's cost (heavier
+    above it than below: ``extract`` repairs an overshoot, nothing repairs a wasted budget)."""
     from puzzle.elastic.router import masked_forward
 
     picks = router.router.sample(j, router.tau(step, cfg.steps))
     student = masked_forward(elastic, router.router.options, picks, ids)
-    over = torch.relu(router.cost.ratio(picks) - budget)
-    return _kl(teacher_logits, student) + router.cost_weight * over.square().to(student.dtype)
+    gap = router.cost.ratio(picks) - budget
+    weight = router.cost_weight if float(gap.detach()) > 0 else router.under_weight
+    return _kl(teacher_logits, student) + weight * gap.square().to(student.dtype)
 
 
 def _key(elastic: ElasticLM, targets: dict[str, ElasticConfig], cfg: ElasticTrainConfig, rows: np.ndarray) -> dict:

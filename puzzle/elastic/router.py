@@ -17,7 +17,8 @@ With hard one-hots the masked forward *is* the sliced submodel (test), so the KD
 of the configuration it will deploy. The cost model is the nested library's own cost table (the search's cost
 terms, measured latency included when the library has it): a layer's cost is multilinear in the axis one-hots,
 ``keep * sum_{a,f,m} y_a y_f y_m C[a,f,m] + (1 - keep) * C_skip``, exact for one-hots. Loss per drawn budget ``b``:
-``KL(parent || masked student) + cost_weight * relu(cost / parent_cost - b) ** 2``.
+``KL(parent || masked student) + w * (cost / parent_cost - b) ** 2`` with ``w`` larger above the budget than
+below it (the router should spend the budget, not undershoot it).
 
 ``extract`` takes each axis' argmax and, when that exceeds the budget, walks down one option at a time (the step
 losing the least logit per unit of cost saved) until it fits, so every extracted configuration respects its budget.
