@@ -6,12 +6,17 @@
     model.py    ``ElasticLM``: ``forward(ids, budget=0.6)`` slices prefixes of the one set of weights;
                 ``slice(0.6)`` a standalone ``CausalLM``
     select.py   exact selection: a ``BlockLibrary`` of nested slices (replace-one-block KL, costs) + the MIP
-    distill.py  multi-budget knowledge distillation with the two-stage budget curriculum, resumable
-    build.py    the stages end to end: ``build_elastic`` -> one folder (shared weights + budgets),
-                ``load_elastic``, ``slice_budget``
+    router.py   the router: per axis (attention, FFN, Mamba, depth) budget -> per-layer choices, straight-through
+                Gumbel-softmax over a masked full-width forward that equals the sliced submodel, the nested
+                library's cost table as the differentiable cost model, extraction that respects each budget
+    distill.py  multi-budget knowledge distillation with the two-stage budget curriculum, resumable; trains the
+                router jointly when given one
+    build.py    the stages end to end: ``build_elastic`` -> one folder (shared weights + budgets, chosen by the
+                MIP or by the router), ``load_elastic``, ``slice_budget``
 
-Not yet here: the trained router (per-axis Gumbel-softmax against a differentiable cost model); budgets are
-chosen by the exact MIP over the nested library.
+Not here yet: elastic embedding channels; attention elasticity removes whole KV groups with their queries, so a
+sliced child has fewer query heads per layer than the parent (``puzzle_arch`` round-trips it, but the DeciLM
+engines read one global head count).
 """
 
 from __future__ import annotations
