@@ -51,5 +51,5 @@ def test_budgets_and_requests_are_validated_at_the_edge() -> None:
             parse_budgets(bad)
     with pytest.raises(ConfigError, match="selection must be mip or router"):
         ElasticRequest(parent="p", budgets=(0.5,), out="o", selection="greedy")
-    with pytest.raises(ConfigError, match="include 1.0"):
+    with pytest.raises(ConfigError, match=r"include 1\.0"):
         ElasticSpace(ffn=(0.5, 0.0))
