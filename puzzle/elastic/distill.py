@@ -253,6 +253,7 @@ def train_elastic(
             torch.save(state, tmp)
 
     t0 = time.perf_counter()
+    rng_state = torch.get_rng_state()  # the per-step seeding below must not change the caller's random stream
     elastic.train()
     tokens_per_step = cfg.batch * cfg.seq_len
     batches = iter_batches(rows, min(cfg.batch, len(rows)), cfg.seed, start)
@@ -290,6 +291,7 @@ def train_elastic(
                 rate = (done - start) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
                 on_step(StepInfo(step=done, total=cfg.steps, loss=total, lr=lr, tokens_per_s=rate))
     finally:
+        torch.set_rng_state(rng_state)
         elastic.eval()
         for p in params:
             p.requires_grad_(False)

@@ -97,3 +97,36 @@ def _picks_of(config, options, n_layers):  # type: ignore[no-untyped-def]
         picks[axis] = F.one_hot(torch.tensor(rows), width).float()
     picks["depth"] = F.one_hot(torch.tensor([int(c.is_skip) for c in config.layers]), 2).float()
     return picks
+
+
+def test_router_training_resumes_exactly(routed, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    elastic, library, options = routed
+    cost = CostModel.from_library(library, options, "num_params")
+    cfg = ElasticTrainConfig(tokens=8 * 4 * 16, batch=4, seq_len=16, checkpoint_every=3, warmup_fraction=0.0)
+    rows = _rows(elastic.arch.vocab_size)
+
+    def run(checkpoint_dir=None, on_step=None):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)
+        model = ElasticLM(copy.deepcopy(elastic.model))
+        router = Router(options, model.arch.n_layers, n_budgets=len(BUDGETS) + 1)
+        training = RouterTraining(router, cost)
+        result = train_elastic(
+            model, rows, cfg, budgets=BUDGETS, router=training, checkpoint_dir=checkpoint_dir, on_step=on_step
+        )
+        return result, router
+
+    whole, router = run()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(info):  # type: ignore[no-untyped-def]
+        if info.step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(tmp_path, stop_at_5)
+    again, resumed = run(tmp_path)
+    assert again.resumed_from == 3 and again.losses == pytest.approx(whole.losses, abs=1e-5)
+    for name, t in router.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], t, rtol=0, atol=1e-5)
