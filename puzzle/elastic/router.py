@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from puzzle.elastic.model import ElasticLM
-from puzzle.elastic.space import ElasticConfig, ElasticSpace, LayerChoice, prefix_counts
+from puzzle.elastic.space import ElasticConfig, ElasticSpace, LayerChoice
 from puzzle.errors import ConfigError, InfeasibleError
 from puzzle.library import BlockLibrary
 
@@ -48,20 +48,8 @@ def width_options(space: ElasticSpace, elastic: ElasticLM) -> dict[str, list[lis
     """Per width axis, per layer: the kept sizes a router may pick (largest first; ``[0]`` when absent)."""
     out: dict[str, list[list[int]]] = {a: [] for a in WIDTH_AXES}
     for block in elastic.arch.blocks:
-        full = LayerChoice.full(block)
-        kinds = {"attention": block.attention.kind, "ffn": block.ffn.kind, "mamba": block.mamba.kind}
-        for axis in WIDTH_AXES:
-            n = getattr(full, axis)
-            nonzero = tuple(f for f in getattr(space, axis) if f > 0)
-            if kinds[axis] in ("gqa", "mlp", "mamba"):
-                sizes = prefix_counts(n, nonzero)
-                if axis == "ffn" and space.ffn_multiple > 1:
-                    sizes = sorted(
-                        {min(n, -(-c // space.ffn_multiple) * space.ffn_multiple) for c in sizes}, reverse=True
-                    )
-                out[axis].append(sizes)
-            else:
-                out[axis].append([n])  # linear: kept (1); absent: 0
+        for axis in WIDTH_AXES:  # removing a subblock is the depth axis' job: sizes above 0 only
+            out[axis].append([s for s in space.axis_sizes(block, axis) if s > 0] or [0])
     return out
 
 

@@ -160,19 +160,27 @@ class ElasticSpace:
         if not isinstance(self.ffn_multiple, int) or self.ffn_multiple <= 0:
             raise ConfigError(f"elastic space: ffn_multiple must be a positive integer, got {self.ffn_multiple!r}")
 
+    def axis_sizes(self, block: BlockSpec, axis: str) -> list[int]:
+        """Kept sizes on ``axis`` of one parent layer, largest first: prefix sizes of a GQA / MLP / Mamba subblock,
+        1 (kept) for a linear one, ``[0]`` where absent; 0 (removed) only when the axis' fractions include it."""
+        full = getattr(LayerChoice.full(block), axis)
+        kind = getattr(block, axis).kind
+        fractions = getattr(self, axis)
+        if kind in ("gqa", "mlp", "mamba"):
+            sizes = prefix_counts(full, fractions)
+            if axis == "ffn":
+                m = self.ffn_multiple
+                sizes = sorted({min(full, -(-c // m) * m) for c in sizes}, reverse=True)
+            return sizes
+        if kind == "linear":
+            return [1, 0] if 0.0 in fractions else [1]
+        return [0]
+
     def layer_choices(self, block: BlockSpec) -> tuple[LayerChoice, ...]:
-        """Every candidate of one parent layer, the full one first (removal options only where present)."""
+        """Every candidate of one parent layer (the product of its axes' sizes), the full one first."""
         full = LayerChoice.full(block)
-        att = prefix_counts(full.attention, self.attention) if block.attention.kind == "gqa" else _keep(full.attention)
-        if block.attention.kind == "linear" and 0.0 not in self.attention:
-            att = [1]
-        if block.ffn.kind == "mlp":
-            m = self.ffn_multiple
-            ffn = sorted({min(full.ffn, -(-c // m) * m) for c in prefix_counts(full.ffn, self.ffn)}, reverse=True)
-        else:
-            ffn = [1] if block.ffn.kind == "linear" and 0.0 not in self.ffn else _keep(full.ffn)
-        mamba = prefix_counts(full.mamba, self.mamba) if block.mamba.kind == "mamba" else [0]
-        choices = [LayerChoice(a, f, mm) for a, f, mm in itertools.product(att, ffn, mamba)]
+        sizes = [self.axis_sizes(block, axis) for axis in ("attention", "ffn", "mamba")]
+        choices = [LayerChoice(a, f, m) for a, f, m in itertools.product(*sizes)]
         return tuple(sorted(choices, key=lambda c: c != full))
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,11 +192,6 @@ class ElasticSpace:
     def from_dict(cls, data: dict[str, Any]) -> ElasticSpace:
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
-
-
-def _keep(full: int) -> list[int]:
-    """A linear subblock: kept or removed; an absent one: nothing to choose."""
-    return [1, 0] if full else [0]
 
 
 def parse_budgets(text: str | list[float] | tuple[float, ...]) -> tuple[float, ...]:
