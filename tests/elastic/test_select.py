@@ -101,3 +101,17 @@ def test_multi_budget_distillation_lowers_the_kl_and_resumes_exactly(tmp_path) -
     assert again.resumed_from == 5 and again.losses == pytest.approx(result.losses, abs=1e-5)
     for name, t in whole.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], t, rtol=0, atol=1e-5)
+
+
+def test_measured_latency_is_a_cost_the_budgets_can_bound() -> None:
+    from puzzle.library import Scenario
+    from puzzle.library.cost import device_name
+
+    elastic, holdout = _elastic("hybrid")
+    scenario = Scenario("cpu-tiny-prefill", "prefill", 1, 8, device_name("cpu"), "float32", threads=1)
+    space = ElasticSpace(ffn=(1.0, 0.5, 0.0), mamba=(1.0, 0.5, 0.0), attention=(1.0, 0.0))
+    library = nested_library(elastic, space, holdout, scenarios=(scenario,), measure_latency=True, repeats=2)
+    runtimes = [v.scenario_costs[scenario.name]["runtime_ms"] for layer in library.layers for v in layer.variants]
+    assert all(r >= 0 for r in runtimes) and max(runtimes) > 0
+    choice = choose_configs(library, (0.7,), cost="runtime_ms")["0.7"]
+    assert choice.totals["runtime_ms"] <= 0.7 * choice.parent_totals["runtime_ms"] + 1e-9
