@@ -59,6 +59,7 @@ def _puzzle_rows(args: argparse.Namespace, parent: Path, lib_dir: Path, rows: np
     from puzzle.child.assemble import assemble
     from puzzle.child.baselines import uniform_width
     from puzzle.child.gkd import GKDConfig, run_gkd
+    from puzzle.errors import InfeasibleError
     from puzzle.library import BlockLibrary
     from puzzle.model import load_pretrained
     from puzzle.search import solve
@@ -76,7 +77,14 @@ def _puzzle_rows(args: argparse.Namespace, parent: Path, lib_dir: Path, rows: np
                 layers = list(solve(library, "kl_div", [f"num_params<={100 * budget:g}%"]).layers)
             else:  # predicted_cost (child/assess.py) leaves out the non-block part of scenario-free costs: so do we
                 nb = library.non_block_cost("num_params", None)
-                layers = uniform_width(library, budget * parent_total - nb, key="num_params")
+                try:
+                    layers = uniform_width(library, budget * parent_total - nb, key="num_params")
+                except InfeasibleError as exc:
+                    out.append(
+                        {"budget": budget, "method": method, "perplexity": None, "params": None, "note": str(exc)}
+                    )
+                    print(f"  {budget:g} {method:<8} infeasible: {exc}", flush=True)
+                    continue
             child = assemble(library, lib_dir, layers, parent=parent)
             t0 = time.perf_counter()
             run_gkd(child, teacher, rows, gkd)
@@ -165,6 +173,9 @@ def _table(preset: str, parent_ppl: float, rows: list[dict[str, Any]], bld_token
         "budget  method          ppl      xparent  params   tokens(family)",
     ]
     for r in sorted(rows, key=lambda r: (-r["budget"], r["method"])):
+        if r["perplexity"] is None:
+            lines.append(f"{r['budget']:<7g} {r['method']:<15} infeasible in its space")
+            continue
         tokens = r.get("family_tokens", bld_tokens + n_budgets * r.get("gkd_tokens", 0))
         lines.append(
             f"{r['budget']:<7g} {r['method']:<15} {r['perplexity']:<8.3f} {r['perplexity'] / parent_ppl:<8.3f} "
@@ -204,7 +215,7 @@ def main() -> int:
         parent_ppl = _ppl(parent_model, held, args.seq_len)
         bld_tokens = sum(u.get("tokens", 0) for u in load_report(lib_dir)["units"])
         results = _puzzle_rows(args, parent, lib_dir, rows, held) + _elastic_rows(args, parent, corpus, folder, held)
-        puzzle_deploy = sum(r["params"] for r in results if r["method"] == "puzzle")
+        puzzle_deploy = sum(r["params"] or 0 for r in results if r["method"] == "puzzle")
         record = {
             "preset": preset,
             "parent_perplexity": parent_ppl,
