@@ -16,7 +16,17 @@ from typing import NoReturn
 from puzzle.errors import PuzzleError, SolveTimeout
 
 # Modules of puzzle.cli that register commands, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "parent", "evaluate", "library", "search", "export", "fuse", "service")
+COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "parent",
+    "evaluate",
+    "library",
+    "search",
+    "export",
+    "fuse",
+    "elastic",
+    "service",
+)
 
 USAGE_ERROR = 2
 TIMEOUT = 3  # a solver hit --time-limit before it found an answer (the message gives its best bound)

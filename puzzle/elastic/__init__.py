@@ -1,0 +1,52 @@
+"""Many-in-one elastic models (Nemotron Elastic, arXiv 2511.16664): nested submodels sharing one parent's weights.
+
+    space.py    what a budget keeps of each layer (prefix sizes: KV groups, FFN channels, Mamba heads per group,
+                or the layer skipped), ``ElasticConfig`` per budget, the candidate grid ``ElasticSpace``
+    nest.py     rank and permute the parent so every smaller size is a prefix; depth importance (NMSE of logits)
+    model.py    ``ElasticLM``: ``forward(ids, budget=0.6)`` slices prefixes of the one set of weights;
+                ``slice(0.6)`` a standalone ``CausalLM``
+    select.py   exact selection: a ``BlockLibrary`` of nested slices (replace-one-block KL, costs) + the MIP
+    router.py   the router: per axis (attention, FFN, Mamba, depth) budget -> per-layer choices, straight-through
+                Gumbel-softmax over a masked full-width forward that equals the sliced submodel, the nested
+                library's cost table as the differentiable cost model, extraction that respects each budget
+    distill.py  multi-budget knowledge distillation with the two-stage budget curriculum, resumable; trains the
+                router jointly when given one
+    build.py    the stages end to end: ``build_elastic`` -> one folder (shared weights + budgets, chosen by the
+                MIP or by the router), ``load_elastic``, ``slice_budget``
+
+Not here yet: elastic embedding channels; attention elasticity removes whole KV groups with their queries, so a
+sliced child has fewer query heads per layer than the parent (``puzzle_arch`` round-trips it, but the DeciLM
+engines read one global head count).
+"""
+
+from __future__ import annotations
+
+from puzzle.elastic.build import ElasticRequest, build_elastic, load_elastic, read_summary, slice_budget
+from puzzle.elastic.distill import ElasticTrainConfig, ElasticTrainResult, train_elastic
+from puzzle.elastic.model import ElasticLM, slice_block_state
+from puzzle.elastic.nest import NestReport, nest_parent
+from puzzle.elastic.select import BudgetChoice, choose_configs, nested_library
+from puzzle.elastic.space import ElasticConfig, ElasticSpace, LayerChoice, config_arch, parse_budgets
+
+__all__ = [
+    "BudgetChoice",
+    "ElasticConfig",
+    "ElasticLM",
+    "ElasticRequest",
+    "ElasticSpace",
+    "ElasticTrainConfig",
+    "ElasticTrainResult",
+    "LayerChoice",
+    "NestReport",
+    "build_elastic",
+    "choose_configs",
+    "config_arch",
+    "load_elastic",
+    "nest_parent",
+    "nested_library",
+    "parse_budgets",
+    "read_summary",
+    "slice_block_state",
+    "slice_budget",
+    "train_elastic",
+]

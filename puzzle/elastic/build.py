@@ -1,0 +1,292 @@
+"""One checkpoint, every budget: build an elastic model from a parent, load it, slice a budget out.
+
+``build_elastic`` runs the stages in order, each restartable:
+
+1. load the parent and its tokenizer; the corpus splits into train / held-out (``puzzle.data``);
+2. nest the parent (``nest.py``) on calibration rows of the train split;
+3. score and cost every nested slice on held-out rows (``select.nested_library``), saved as ``OUT/library``
+   and reused when its key (parent, rows, space, latency flag) matches;
+4. the MIP picks each budget's configuration (``select.choose_configs``);
+5. multi-budget distillation (``distill.train_elastic``), resumable from ``OUT/state``;
+6. write ``OUT/model`` (the shared weights: a normal HF directory of the nested parent, tokenizer included) and,
+   last, ``OUT/elastic.json`` (budgets with their configurations and MIP totals, space, cost, nesting report,
+   training summary). A folder holding ``elastic.json`` is complete.
+
+``load_elastic(OUT)`` gives the ``ElasticLM``; ``slice_budget(OUT, 0.6, CHILD)`` writes the budget's submodel
+as a standalone HF child through ``puzzle.model.save_pretrained`` (no training), loadable by ``load_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from puzzle.elastic.distill import ElasticTrainConfig, train_elastic
+from puzzle.elastic.model import ElasticLM, n_params
+from puzzle.elastic.nest import nest_parent
+from puzzle.elastic.select import DEFAULT_COST, choose_configs, nested_library
+from puzzle.elastic.space import ElasticConfig, ElasticSpace, budget_key, parse_budgets
+from puzzle.errors import CheckpointError, ConfigError, DataError
+from puzzle.files import key_digest, write_json
+
+SCHEMA_VERSION = 1
+ELASTIC_FILE = "elastic.json"
+MODEL_DIR = "model"
+LIBRARY_DIR = "library"
+STATE_DIR = "state"
+ROUTER_FILE = "router.safetensors"
+
+
+@dataclass(frozen=True)
+class ElasticRequest:
+    """Everything ``build_elastic`` needs; validated here once."""
+
+    parent: str
+    budgets: tuple[float, ...]
+    out: str
+    corpus: str | None = None
+    space: ElasticSpace = field(default_factory=ElasticSpace)
+    cost: str = DEFAULT_COST
+    objective: str = "kl_div"
+    train: ElasticTrainConfig = field(default_factory=ElasticTrainConfig)
+    calibration_rows: int = 8
+    holdout_rows: int = 16
+    score_seq_len: int = 128
+    measure_latency: bool = False
+    device: str = "cpu"
+    held_out_fraction: float = 0.05  # the corpus split scoring reads from (as the parent's training split it)
+    selection: str = "mip"  # "mip": the exact MIP picks each budget; "router": a router trained jointly with KD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", parse_budgets(self.budgets))
+        problems = [
+            f"{name} must be a positive integer, got {getattr(self, name)!r}"
+            for name in ("calibration_rows", "holdout_rows", "score_seq_len")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0
+        ]
+        if self.selection not in ("mip", "router"):
+            problems.append(f"selection must be mip or router, got {self.selection!r}")
+        if self.selection == "router" and self.train.steps == 0:
+            problems.append("selection router trains the router: give distillation tokens")
+        if problems:
+            raise ConfigError("elastic: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything that decides the result (the output folder itself aside)."""
+        return {
+            "parent": str(Path(self.parent).resolve()),
+            "budgets": list(self.budgets),
+            "corpus": self.corpus,
+            "space": self.space.to_dict(),
+            "cost": self.cost,
+            "objective": self.objective,
+            "train": self.train.to_dict(),
+            "rows": [self.calibration_rows, self.holdout_rows, self.score_seq_len],
+            "measure_latency": self.measure_latency,
+            "device": self.device,
+            "held_out_fraction": self.held_out_fraction,
+            "selection": self.selection,
+        }
+
+
+def _rows(tokens: np.ndarray, seq_len: int, n: int | None, what: str) -> np.ndarray:
+    from puzzle.data import pack_tensor
+
+    if len(tokens) < seq_len + 1:
+        raise DataError(f"the {what} split has {len(tokens)} tokens, fewer than one row of {seq_len + 1}")
+    rows = pack_tensor(tokens, seq_len)
+    return rows if n is None else rows[:n]
+
+
+def _data(req: ElasticRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibration rows, held-out scoring rows, training rows) of the corpus, tokenized by the parent's tokenizer."""
+    from puzzle.data import cached_tokens, load_tokenizer, read_corpus, split_corpus
+
+    tokenizer = load_tokenizer(req.parent)
+    train_docs, held_docs = split_corpus(read_corpus(req.corpus), req.held_out_fraction)
+    if not held_docs.documents:
+        raise DataError(
+            f"{held_docs.source}: no document falls in the held-out split; give a corpus of more files "
+            "or a larger --held-out-fraction"
+        )
+    train_tokens = cached_tokens(train_docs, tokenizer, "train")
+    held_tokens = cached_tokens(held_docs, tokenizer, "held-out")
+    calib = _rows(train_tokens, req.score_seq_len, req.calibration_rows, "train")
+    holdout = _rows(held_tokens, req.score_seq_len, req.holdout_rows, "held-out")
+    train = _rows(train_tokens, req.train.seq_len, None, "train")
+    return calib, holdout, train
+
+
+def build_elastic(
+    req: ElasticRequest,
+    *,
+    on_status: Callable[[str], None] | None = None,
+    on_layer: Callable[[int, int], None] | None = None,
+    on_step: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Build the elastic checkpoint ``req.out`` from ``req.parent`` (see the module docstring); returns its summary."""
+    from puzzle.library import BlockLibrary
+    from puzzle.library.cost import default_scenarios
+    from puzzle.model import load_pretrained, save_pretrained
+
+    status = on_status or (lambda _msg: None)
+    out = Path(req.out)
+    if (out / ELASTIC_FILE).is_file():
+        summary = read_summary(out)
+        if summary.get("request") == req.to_dict():
+            status(f"reusing the finished elastic model in {out}")
+            return summary
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / LIBRARY_DIR).exists())):
+        raise ConfigError(f"--out {out} exists and is not an elastic folder; choose a new directory")
+    status("reading the parent and the corpus")
+    model = load_pretrained(req.parent, dtype=torch.float32)
+    calib, holdout, train_rows = _data(req)
+    status("nesting the parent (ranking heads, channels, Mamba heads, layers)")
+    report = nest_parent(model, torch.from_numpy(calib[:, :-1]))
+    elastic = ElasticLM(model)
+
+    scenarios = default_scenarios(req.device)
+    key = key_digest(
+        str(Path(req.parent).resolve()),
+        model.arch.to_dict(),
+        holdout.tolist(),
+        req.space.to_dict(),
+        req.measure_latency,
+    )
+    lib_dir = out / LIBRARY_DIR
+    library = None
+    if (lib_dir / "library.json").is_file():
+        library = BlockLibrary.load(lib_dir)
+        if library.notes.get("key") != key:
+            library = None
+    if library is None:
+        status("scoring every nested slice (replace-one-block KL) and its costs")
+        library = nested_library(
+            elastic,
+            req.space,
+            torch.from_numpy(holdout),
+            scenarios=scenarios,
+            measure_latency=req.measure_latency,
+            device=req.device,
+            on_layer=on_layer,
+        )
+        library = BlockLibrary.from_dict(library.to_dict() | {"notes": library.notes | {"key": key}})
+        library.save(lib_dir)
+    status("choosing each budget's configuration (MIP)")
+    choices = choose_configs(library, req.budgets, cost=req.cost, objective=req.objective)
+    elastic = ElasticLM(model, {c.budget: c.config for c in choices.values()})
+    training, routed = None, None
+    if req.selection == "router":
+        status(f"training the router jointly with multi-budget distillation: {req.train.steps} steps")
+        training, routed = _train_router(req, elastic, library, train_rows, out, on_step)
+    elif req.train.steps > 0:
+        status(f"multi-budget distillation: {req.train.steps} steps")
+        result = train_elastic(elastic, train_rows, req.train, checkpoint_dir=out / STATE_DIR, on_step=on_step)
+        training = result.to_dict()
+    status("writing the shared weights and the budgets")
+    save_pretrained(model, out / MODEL_DIR, tokenizer_dir=req.parent)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "request": req.to_dict(),
+        "parent": str(req.parent),
+        "parent_params": n_params(model),
+        "cost": req.cost,
+        "objective": req.objective,
+        "space": req.space.to_dict(),
+        "selection": req.selection,
+        "budgets": routed if routed is not None else {k: c.to_dict() for k, c in choices.items()},
+        "mip": {k: c.to_dict() for k, c in choices.items()},
+        "nest": report.to_dict(),
+        "training": training,
+        "library": LIBRARY_DIR,
+        "model": MODEL_DIR,
+    }
+    write_json(out / ELASTIC_FILE, summary)
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    return summary
+
+
+def _train_router(
+    req: ElasticRequest,
+    elastic: ElasticLM,
+    library: Any,
+    rows: np.ndarray,
+    out: Path,
+    on_step: Callable[[Any], None] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the router with the shared weights; (training summary, per-budget extracted configurations)."""
+    from puzzle.elastic.distill import RouterTraining
+    from puzzle.elastic.router import CostModel, Router, extract, width_options
+    from puzzle.files import save_tensors
+
+    options = width_options(req.space, elastic)
+    n_budgets = len(req.budgets) + int(req.train.include_full)
+    router = Router(options, elastic.arch.n_layers, n_budgets)
+    cost = CostModel.from_library(library, options, req.cost)
+    rt = RouterTraining(router=router, cost=cost)
+    result = train_elastic(
+        elastic, rows, req.train, budgets=req.budgets, router=rt, checkpoint_dir=out / STATE_DIR, on_step=on_step
+    )
+    order = ([1.0] if req.train.include_full else []) + list(req.budgets)
+    configs = extract(router, cost, order)
+    save_tensors(out / ROUTER_FILE, router.state_dict())
+    routed = {}
+    for budget in req.budgets:
+        config = configs[budget]
+        picks_ratio = _config_ratio(library, config, req.cost)
+        routed[budget_key(budget)] = {"budget": budget, "layers": config.to_list(), "cost_ratio": picks_ratio}
+    return result.to_dict() | {"router_options": options}, routed
+
+
+def _config_ratio(library: Any, config: Any, cost: str) -> float:
+    name, scen = library.resolve_cost_key(cost)
+    total = library.non_block_cost(name, scen) + sum(
+        layer.variant(c.name).cost(name, scen) for layer, c in zip(library.layers, config.layers, strict=True)
+    )
+    parent = library.non_block_cost(name, scen) + sum(layer.parent.cost(name, scen) for layer in library.layers)
+    return total / parent
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / ELASTIC_FILE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{path}: not an elastic model folder (no {ELASTIC_FILE}); build one with `elastic train`"
+        )
+    try:
+        data = json.loads(file.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{file}: not valid JSON ({exc})") from exc
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"{file}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    return data
+
+
+def load_elastic(path: str | Path) -> ElasticLM:
+    """The ``ElasticLM`` of an elastic folder: shared weights + each budget's configuration."""
+    from puzzle.model import load_pretrained
+
+    data = read_summary(path)
+    model = load_pretrained(Path(path) / data["model"], dtype=torch.float32)
+    budgets = {float(c["budget"]): ElasticConfig.from_list(c["layers"]) for c in data["budgets"].values()}
+    return ElasticLM(model, budgets)
+
+
+def slice_budget(path: str | Path, budget: float, out: str | Path) -> Path:
+    """Write ``budget``'s submodel of the elastic folder ``path`` as a standalone HF child at ``out``."""
+    from puzzle.model import save_pretrained
+
+    elastic = load_elastic(path)
+    child = elastic.slice(budget)
+    target = save_pretrained(child, out, tokenizer_dir=Path(path) / MODEL_DIR)
+    return target
+
+
+__all__ = ["ElasticRequest", "budget_key", "build_elastic", "load_elastic", "read_summary", "slice_budget"]
