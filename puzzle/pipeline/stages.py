@@ -112,7 +112,7 @@ def parent_stage(
     complete (a job's progress), instead of reporting nothing (the demo's rerun)."""
     if isinstance(parent, Path):
         from puzzle.model import arch_from_hf_config
-        from puzzle.model.hf import read_config
+        from puzzle.model.hf_config import read_config
 
         progress.start(load_stage, 1)
         arch_from_hf_config(read_config(parent))
