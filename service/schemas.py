@@ -163,6 +163,16 @@ class PipelineBuild(_Strict):
     )
 
 
+class PipelineFuse(_Strict):
+    """FFN fusion of each exported child: runs of attention-free layers joined into one wide FFN while the KL to
+    the parent on calibration text stays within ``max_kl``."""
+
+    max_kl: float = Field(default=0.05, ge=0, le=10, description="KL bound to the parent (nats / token)")
+    max_fusions: int | None = Field(default=None, ge=1, le=10_000, description="at most this many joins")
+    calib_tokens: int = Field(default=16_384, ge=256, le=10**8, description="tokens that score pairs and bound KL")
+    eval_tokens: int = Field(default=32_768, ge=256, le=10**8, description="held-out tokens for before / after")
+
+
 class PipelineJobCreate(_Strict):
     """Parent -> library -> search -> export, in a work folder of the job under ``PUZZLE_ARTIFACTS`` (a re-queued
     job resumes there: training from its checkpoint, the library build skipping finished units)."""
@@ -197,6 +207,7 @@ class PipelineJobCreate(_Strict):
         default=DEFAULT_TARGET,
         description="deployment target: build, choose and export only children this engine loads (null: any)",
     )
+    fuse: PipelineFuse | None = Field(default=None, description="fuse each exported child's FFN runs (null: no)")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
 
     @model_validator(mode="after")

@@ -296,3 +296,25 @@ def fuse_child(
         gkd=gkd,
     )
     return fused, report
+
+
+def fusion_tokens(text: str | None, tokenizer: Any, calib: int, held: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration / GKD tokens from the training split, evaluation tokens from the held-out split); a corpus
+    too small to split by document is split by tokens (first 80 % / last 20 %)."""
+    from puzzle.data import DEFAULT_HELD_OUT_FRACTION, cached_tokens, read_corpus, split_corpus
+    from puzzle.errors import DataError
+
+    corpus = read_corpus(text)
+    train_docs, held_docs = split_corpus(corpus, DEFAULT_HELD_OUT_FRACTION)
+    if train_docs.documents and held_docs.documents:
+        train, evaluation = (
+            cached_tokens(train_docs, tokenizer, "train"),
+            cached_tokens(held_docs, tokenizer, "held_out"),
+        )
+    else:
+        stream = cached_tokens(corpus, tokenizer, "all")
+        cut = int(0.8 * len(stream))
+        train, evaluation = stream[:cut], stream[cut:]
+    if len(train) < 2 or len(evaluation) < 2:
+        raise DataError(f"{corpus.source}: too little text to calibrate and evaluate a fusion; use a larger corpus")
+    return train, evaluation[:held]

@@ -6,11 +6,9 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from puzzle.child.fusion_plan import FusionReport
 
 
@@ -67,33 +65,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _tokens(text: str | None, tokenizer: Any, calib: int, held: int) -> tuple[np.ndarray, np.ndarray]:
-    """(calibration / GKD tokens from the training split, evaluation tokens from the held-out split); a corpus
-    too small to split by document is split by tokens (first 80 % / last 20 %)."""
-    from puzzle.data import DEFAULT_HELD_OUT_FRACTION, cached_tokens, read_corpus, split_corpus
-    from puzzle.errors import DataError
-
-    corpus = read_corpus(text)
-    train_docs, held_docs = split_corpus(corpus, DEFAULT_HELD_OUT_FRACTION)
-    if train_docs.documents and held_docs.documents:
-        train, evaluation = (
-            cached_tokens(train_docs, tokenizer, "train"),
-            cached_tokens(held_docs, tokenizer, "held_out"),
-        )
-    else:
-        stream = cached_tokens(corpus, tokenizer, "all")
-        cut = int(0.8 * len(stream))
-        train, evaluation = stream[:cut], stream[cut:]
-    if len(train) < 2 or len(evaluation) < 2:
-        raise DataError(f"{corpus.source}: too little text to calibrate and evaluate a fusion; pass a larger --text")
-    return train, evaluation[:held]
-
-
 def _fuse(args: argparse.Namespace) -> int:
     """Validate, load, fuse, export; the steps are one straight sequence, so it is one function."""
     from puzzle.child.export import MANIFEST_NAME, build_manifest, check_target, export_child, read_manifest
     from puzzle.child.fusion import find_runs, no_fusable_run_message
-    from puzzle.child.fusion_plan import FusionConfig, fuse_child
+    from puzzle.child.fusion_plan import FusionConfig, fuse_child, fusion_tokens
     from puzzle.child.gkd import GKDConfig
     from puzzle.cli.evaluate import _model_max_length
     from puzzle.cli.progress import training_bar
@@ -120,7 +96,7 @@ def _fuse(args: argparse.Namespace) -> int:
         repeats=args.repeats,
     )  # fmt: skip
     parent = load_pretrained(args.parent) if args.parent is not None else None
-    train, evaluation = _tokens(args.text, load_tokenizer(child_dir), args.calib_tokens, args.eval_tokens)
+    train, evaluation = fusion_tokens(args.text, load_tokenizer(child_dir), args.calib_tokens, args.eval_tokens)
     rows = pack_tensor(train, seq_len) if gkd is not None else None
     with training_bar("GKD") as (on_step, on_status):
         fused, report = fuse_child(

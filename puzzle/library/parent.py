@@ -8,15 +8,15 @@ Layout under ``WORK/parent`` (written once by ``write_parent``, layer by layer, 
     meta.json              ``{"digest", "arch", "dtype"}``, written last
 
 A task loads only what it needs: ``ParentPrefix`` (embedding + layers 0..i) for distillation and scoring inputs,
-``load_parent_model`` when the whole parent must run (scoring's suffix, profiling the assembled parent). The
-digest is a SHA-256 over every tensor's name, shape, dtype and bytes in layer order, so it identifies the weights
-whatever their sharding.
+``load_parent_model`` when the whole parent must run (profiling the assembled parent). The digest is
+``distill.state_digest`` of the parent's state dict (what ``assemble.load_parent`` checks a parent against),
+computed from the written files one tensor at a time.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,32 @@ def parent_dir(work: str | Path) -> Path:
     return Path(work) / "parent"
 
 
-def _update_digest(h: Any, state: dict[str, torch.Tensor]) -> None:
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+class _StoredState(Mapping[str, torch.Tensor]):
+    """The parent's state dict as stored under ``work/parent``, read one tensor at a time (for its digest)."""
+
+    def __init__(self, work: Path, arch: ArchSpec) -> None:
+        from safetensors import safe_open
+
+        self._where: dict[str, tuple[Path, str]] = {}
+        files = [(parent_dir(work) / f"block{i}.safetensors", f"blocks.{i}.") for i in range(len(arch.blocks))]
+        for file, prefix in [*files, (parent_dir(work) / NONBLOCK, "")]:
+            with safe_open(str(file), "pt") as f:
+                self._where.update({prefix + name: (file, name) for name in f.keys()})  # noqa: SIM118
+        if arch.tie_embeddings:  # a tied model's state dict holds the head under its own name too
+            self._where["lm_head.weight"] = self._where["embed_tokens.weight"]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        file, key = self._where[name]
+        with safe_open(str(file), "pt") as f:
+            return f.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def _split_state(state: dict[str, torch.Tensor], n_layers: int) -> tuple[list[dict[str, torch.Tensor]], dict]:
@@ -54,14 +75,14 @@ def _split_state(state: dict[str, torch.Tensor], n_layers: int) -> tuple[list[di
 
 def _write(work: Path, arch: ArchSpec, layers: Any, nonblock: dict[str, torch.Tensor], dtype: str) -> str:
     """Write each ``(i, state)`` of ``layers`` (an iterator: one layer in memory at a time), then the rest."""
+    from puzzle.library.distill import state_digest
+
     out = parent_dir(work)
-    h = hashlib.sha256()
     for i, state in layers:
-        _update_digest(h, {f"blocks.{i}.{k}": v for k, v in state.items()})
         save_tensors(out / f"block{i}.safetensors", state)
-    _update_digest(h, nonblock)
     save_tensors(out / NONBLOCK, nonblock)
-    digest = h.hexdigest()
+    # the digest of the model's state dict (as ``state_digest(model.state_dict())``), read back a tensor at a time
+    digest = state_digest(_StoredState(work, arch))
     write_json(out / "meta.json", {"digest": digest, "arch": arch.to_dict(), "dtype": dtype})
     return digest
 
@@ -77,6 +98,8 @@ def write_parent_blocks(model: nn.Module, work: str | Path) -> str:
     if meta is not None:
         return str(meta["digest"])
     blocks, rest = _split_state(model.state_dict(), len(model.blocks))
+    if model.arch.tie_embeddings:
+        rest.pop("lm_head.weight", None)  # the embedding, stored once
     dtype = str(model.embed_tokens.weight.dtype).removeprefix("torch.")
     return _write(Path(work), model.arch, enumerate(blocks), rest, dtype)
 

@@ -42,6 +42,20 @@ class BuildSettings:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FuseSettings:
+    """FFN fusion of each exported child (``puzzle.child.fusion_plan``): joins kept while the KL to the parent on
+    calibration text stays within ``max_kl`` (nats/token), at most ``max_fusions``."""
+
+    max_kl: float = 0.05
+    max_fusions: int | None = None
+    calib_tokens: int = 16_384
+    eval_tokens: int = 32_768
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def export_points_problem(mode: str, n: int, points: tuple[int, ...], export: bool) -> str | None:
     """Why ``points`` cannot be exported from a ``mode`` search of ``n`` solutions (None when they can, or when
     the number of points is known only after the search: a frontier)."""
@@ -63,6 +77,7 @@ class PipelineRequest:
     export: bool = True
     export_points: tuple[int, ...] = (0,)
     target: str | None = DEFAULT_TARGET  # build, choose and export only what this engine loads (None: any)
+    fuse: FuseSettings | None = None  # fuse each exported child's attention-free FFN runs (None: no fusion)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -90,6 +105,7 @@ class PipelineRequest:
             "export": self.export,
             "export_points": list(self.export_points),
             "target": self.target,
+            "fuse": None if self.fuse is None else self.fuse.to_dict(),
         }
 
     @classmethod
@@ -116,6 +132,7 @@ class PipelineRequest:
             "export": bool(data.get("export", True)),
             "export_points": tuple(data.get("export_points") or (0,)),
             "target": data.get("target", DEFAULT_TARGET),
+            "fuse": _fuse_settings(data.get("fuse"), problems),
         }
         try:
             request = cls(build=build, search=search, **fields)
@@ -125,6 +142,25 @@ class PipelineRequest:
         if problems or request is None:
             raise RequestError(problems)
         return request
+
+
+def _fuse_settings(data: Any, problems: Problems) -> FuseSettings | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        problems.append((("fuse",), 'fuse must be an object like {"max_kl": 0.05}'))
+        return None
+    unknown = sorted(set(data) - set(FuseSettings.__dataclass_fields__))
+    if unknown:
+        problems.append((("fuse",), f"unknown fuse settings {', '.join(unknown)}"))
+    settings = FuseSettings(**{k: v for k, v in data.items() if k not in unknown})
+    if not isinstance(settings.max_kl, int | float) or isinstance(settings.max_kl, bool) or not settings.max_kl >= 0:
+        problems.append((("fuse", "max_kl"), f"max_kl must be a number >= 0, got {settings.max_kl!r}"))
+    for name in ("max_fusions", "calib_tokens", "eval_tokens"):
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            problems.append((("fuse", name), f"{name} must be a positive integer, got {value!r}"))
+    return settings
 
 
 def input_problems(parent: str, corpus: str | None, parents: Path, corpora: Path, *, where: str = "") -> Problems:

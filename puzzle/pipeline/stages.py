@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from puzzle.library import BlockLibrary
     from puzzle.library.build import BuildConfig
     from puzzle.library.executor import Executor
-    from puzzle.pipeline.request import BuildSettings, PipelineRequest
+    from puzzle.pipeline.request import BuildSettings, FuseSettings, PipelineRequest
     from puzzle.search.run import SearchResult
 
 STAGES = ("parent", "library", "search", "export")
@@ -179,9 +179,12 @@ def export_stage(
     progress: ProgressSink,
     extra: dict[str, Any] | None = None,
     target: str | None = None,
+    fuse: FuseSettings | None = None,
+    corpus: Path | None = None,
 ) -> dict[int, Exported]:
     """Export each of ``points`` of ``result`` (indices into its points) into ``work/export/point-<k>`` and pack
-    it as ``point-<k>.tar.gz``; a point whose archive and manifest are already there is kept."""
+    it as ``point-<k>.tar.gz``; a point whose archive and manifest are already there is kept. With ``fuse``, each
+    child's attention-free FFN runs are fused first (``fuse_stage``) and the manifest records it."""
     from puzzle.child.assemble import load_parent
     from puzzle.child.export import MANIFEST_NAME, export_point, read_manifest
 
@@ -203,6 +206,9 @@ def export_stage(
         done = archive.is_file() and (folder / MANIFEST_NAME).is_file() and read_manifest(folder)["layers"] == layers
         if not done:
             parent_model = parent_model or load_parent(library, parent_dir)
+            fused, fusion = (None, None)
+            if fuse is not None:
+                fused, fusion = fuse_stage(library, work, point.arch, parent_model, parent_dir, corpus, fuse)
             export_point(
                 library,
                 work / "library",
@@ -214,14 +220,47 @@ def export_stage(
                 constraints=result.request.constraint_texts,
                 solver=result.solutions[0].solver if result.request.mode == "solve" else None,
                 scenario=result.scenario,
-                extra={**(extra or {}), "point": k, "mode": result.request.mode},
+                extra={
+                    **(extra or {}),
+                    "point": k,
+                    "mode": result.request.mode,
+                    **({"fusion": fusion} if fuse else {}),
+                },
                 force=True,
                 target=target,
+                model=fused,
             )
             pack(folder, archive)
         exports[k] = Exported(folder, archive, layers)
         progress.advance("export")
     return exports
+
+
+def fuse_stage(
+    library: BlockLibrary,
+    work: Path,
+    arch: Any,
+    parent_model: Any,
+    parent_dir: Path,
+    corpus: Path | None,
+    settings: FuseSettings,
+) -> tuple[Any, dict[str, Any]]:
+    """The child ``arch`` assembled and FFN-fused under ``settings`` (KL bound against the parent), with the
+    fusion report; a child without a fusable run is returned unfused, the report saying why."""
+    from puzzle.child.assemble import assemble
+    from puzzle.child.fusion_plan import FusionConfig, fuse_child, fusion_tokens
+    from puzzle.data import load_tokenizer
+
+    child = assemble(library, work / "library", arch.names(library), parent=parent_model)
+    calib, evaluation = fusion_tokens(
+        None if corpus is None else str(corpus), load_tokenizer(parent_dir), settings.calib_tokens, settings.eval_tokens
+    )
+    config = FusionConfig(max_kl=settings.max_kl, max_fusions=settings.max_fusions)
+    try:
+        fused, report = fuse_child(child, calib[: settings.calib_tokens], evaluation, config, parent=parent_model)
+    except ConfigError as exc:  # e.g. no run of attention-free layers: nothing to fuse
+        return child, {"fused_groups": [], "skipped": str(exc)}
+    return fused, report.to_dict()
 
 
 def pack(folder: Path, archive: Path) -> None:
@@ -329,6 +368,8 @@ def run_pipeline(
             progress=progress,
             extra=extra,
             target=search.target,
+            fuse=request.fuse,
+            corpus=corpus,
         )
         if request.export
         else {}

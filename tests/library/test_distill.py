@@ -33,11 +33,15 @@ def test_normalized_mse_is_one_for_zero_and_zero_for_exact() -> None:
 
 
 def test_parent_is_written_layer_by_layer_and_reassembles_exactly(tmp_path) -> None:
-    for arch in (small_llama(n_layers=3), small_hybrid()):
+    from dataclasses import replace
+
+    from puzzle.library.distill import state_digest
+
+    for arch in (small_llama(n_layers=3), small_hybrid(), replace(small_llama(n_layers=2), tie_embeddings=True)):
         torch.manual_seed(0)
         model = CausalLM(arch).eval()
-        hf = save_pretrained(model, tmp_path / f"hf-{arch.family}")
-        work = tmp_path / f"work-{arch.family}"
+        hf = save_pretrained(model, tmp_path / f"hf-{arch.family}-{arch.tie_embeddings}")
+        work = tmp_path / f"work-{arch.family}-{arch.tie_embeddings}"
         meta = write_parent(hf, work)
         ids = _ids(3, 16)
         with torch.no_grad():
@@ -47,8 +51,9 @@ def test_parent_is_written_layer_by_layer_and_reassembles_exactly(tmp_path) -> N
                 h_in, h_out = ParentPrefix(work, arch, i)(ids)
                 assert torch.equal(h_in, hidden[i]) and torch.equal(h_out, hidden[i + 1])
         assert write_parent(hf, work) == meta  # complete: kept, not rewritten
-        # the digest identifies the weights, whichever way they were written
-        assert write_parent_blocks(model, tmp_path / f"mem-{arch.family}") == meta["digest"]
+        # the digest is the state dict's (what a child's assembly checks its parent against), however written
+        assert meta["digest"] == state_digest(model.state_dict())
+        assert write_parent_blocks(model, tmp_path / f"mem-{arch.family}-{arch.tie_embeddings}") == meta["digest"]
 
 
 def test_one_parent_forward_per_step_feeds_every_unit_exactly_as_alone(tmp_path) -> None:
