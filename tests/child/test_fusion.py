@@ -136,7 +136,11 @@ def test_fused_child_saves_and_reloads_with_identical_logits(tmp_path, make) -> 
     fused = fuse_groups(model, [run])
     save_pretrained(fused, tmp_path / "fused")
     again = load_pretrained(tmp_path / "fused")
-    assert again.arch == fused.arch
+    # the absorbed layers are full no-ops: the nemotron_h_puzzle export leaves such identity layers out
+    kept = fused.arch.blocks
+    if fused.arch.family == "nemotron_h":
+        kept = tuple(b for b in kept if not all(getattr(b, k).is_no_op for k in ("attention", "ffn", "mamba")))
+    assert again.arch.blocks == kept and again.arch.hidden_size == fused.arch.hidden_size
     with torch.no_grad():
         assert torch.equal(again(ids()), fused(ids()))
 
