@@ -17,6 +17,18 @@ class UnauthorizedError(PuzzleError):
     """A write without the configured bearer token (HTTP 401)."""
 
 
+class RateLimitedError(PuzzleError):
+    """Too many expensive requests from one client (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DatabaseUnreachableError(ConfigError):
+    """PUZZLE_DATABASE_URL names a database that does not answer (one line for the operator, no traceback)."""
+
+
 class SchemaOutdatedError(ConfigError):
     """The database schema is older (or newer) than this code; ``puzzle db upgrade`` fixes it."""
 
