@@ -89,30 +89,34 @@ def test_schemathesis_all_checks(api_schema: Any) -> None:
         # never issued, a library_id naming nothing or constraints it cannot meet, a JSON object that is no
         # library. Those operations skip the one check that expects every schema-valid request to be accepted.
         semantic = operation.definition.raw.get("operationId") in SEMANTIC_422
-        skip = [positive_data_acceptance] if semantic else []
-
-        @given(case=operation.as_strategy())
-        @hypothesis_settings(
-            max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
-        )
-        def check(case: Any) -> None:
-            nonlocal cases
-            cases += 1
-            try:
-                case.call_and_validate(
-                    headers={"Authorization": f"Bearer {TOKEN}"}, checks=checks, excluded_checks=skip
-                )
-            except BaseExceptionGroup as group:  # FailureGroup: several checks failed
-                for failure in group.exceptions:
-                    failures.setdefault(failure.title, []).append(f"{case.method} {case.formatted_path}")
-            except AssertionError as failure:  # one check failed
-                title = getattr(failure, "title", type(failure).__name__)
-                failures.setdefault(title, []).append(f"{case.method} {case.formatted_path}")
-
-        check()
+        cases += _fuzz(operation, checks, [positive_data_acceptance] if semantic else [], failures)
     print(
         f"schemathesis: {operations} operations, {cases} cases, {len(checks)} checks, failures: "
         f"{ {k: len(v) for k, v in failures.items()} } on { {k: sorted(set(v)) for k, v in failures.items()} }"
     )
     assert operations == len(EXPECTED_OPERATIONS) - 1
     assert failures == {}
+
+
+def _fuzz(operation: Any, checks: list, skip: list, failures: dict[str, list[str]]) -> int:
+    """Run every check on 12 generated requests of ``operation``; failures by title; returns the cases run."""
+    cases = 0
+
+    @given(case=operation.as_strategy())
+    @hypothesis_settings(
+        max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+    )
+    def check(case: Any) -> None:
+        nonlocal cases
+        cases += 1
+        try:
+            case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=checks, excluded_checks=skip)
+        except BaseExceptionGroup as group:  # FailureGroup: several checks failed
+            for failure in group.exceptions:
+                failures.setdefault(failure.title, []).append(f"{case.method} {case.formatted_path}")
+        except AssertionError as failure:  # one check failed
+            title = getattr(failure, "title", type(failure).__name__)
+            failures.setdefault(title, []).append(f"{case.method} {case.formatted_path}")
+
+    check()
+    return cases
