@@ -41,6 +41,14 @@ class InvalidInputError(ConfigError):
         self.problems = problems
 
 
+class InfeasibleInputError(InvalidInputError):
+    """Constraints no architecture meets (HTTP 422 with the binding ``constraint`` and its ``minimum``)."""
+
+    def __init__(self, loc: list[str | int], message: str, *, constraint: str | None, minimum: float | None):
+        super().__init__([(loc, message)])
+        self.constraint, self.minimum = constraint, minimum
+
+
 def invalid(loc: list[str | int], msg: str) -> InvalidInputError:
     """One problem at ``loc`` (e.g. ``["body", "library_id"]``)."""
     return InvalidInputError([(loc, msg)])

@@ -26,14 +26,14 @@ from puzzle.library import BlockLibrary
 from puzzle.search import RequestError, SearchRequest, run_search
 from puzzle.search.views import architecture_view, axis_key, frontier_points
 from service import libraries
-from service.errors import InvalidInputError
+from service.errors import InfeasibleInputError, InvalidInputError
 from service.models import FrontierCache, Library
 from service.schemas import ArchitecturePublic, PointPublic, SolutionPublic, SolveRequest
 from service.settings import Settings
 
 _LOCK = threading.Lock()  # guards the in-process caches below
 # validated requests per (library, body): values keep their library alive, so its id() is never reused meanwhile
-_VALIDATED: LRUCache[tuple[int, str, str], tuple[BlockLibrary, SearchRequest | RequestError]] = LRUCache(4096)
+_VALIDATED: LRUCache[tuple[int, str, str], tuple[BlockLibrary, SearchRequest | InvalidInputError]] = LRUCache(4096)
 # frontier bodies (JSON, gzip) per query hash, bounded by their size in bytes
 _FRONTIERS: LRUCache[str, tuple[bytes, bytes]] = LRUCache(
     256 * 1024 * 1024, getsizeof=lambda entry: len(entry[0]) + len(entry[1])
@@ -48,20 +48,29 @@ def load_library(settings: Settings, row: Library) -> BlockLibrary:
 
 def search_request(library: BlockLibrary, data: Mapping[str, Any], *, where: list[str | int]) -> SearchRequest:
     """``data`` (a validated body) as puzzle's request, checked against ``library``: every problem at once
-    (InvalidInputError at ``where + loc``). Outcomes are remembered since building a 70B problem costs ~15 ms."""
+    (InvalidInputError at ``where + loc``), then the constraints' feasibility (InfeasibleInputError with the
+    binding constraint): the same checks for a job submission and a synchronous solve or frontier. Outcomes
+    are remembered since building a 70B problem costs ~15 ms."""
     key = (id(library), json.dumps(where), json.dumps(dict(data), sort_keys=True, default=str))
     with _LOCK:
         hit = _VALIDATED.get(key)
     if hit is None:
+        outcome: SearchRequest | InvalidInputError
         try:
-            outcome: SearchRequest | RequestError = SearchRequest.from_dict(data, library=library)
+            outcome = SearchRequest.from_dict(data, library=library)
+            found = outcome.infeasibility(library)
+            if found is not None:
+                loc, error = found
+                outcome = InfeasibleInputError(
+                    [*where, *loc], str(error), constraint=error.constraint, minimum=error.minimum
+                )
         except RequestError as exc:
-            outcome = exc
+            outcome = InvalidInputError([([*where, *loc], msg) for loc, msg in exc.problems])
         hit = (library, outcome)
         with _LOCK:
             _VALIDATED[key] = hit
-    if isinstance(hit[1], RequestError):
-        raise InvalidInputError([([*where, *loc], msg) for loc, msg in hit[1].problems])
+    if isinstance(hit[1], InvalidInputError):
+        raise hit[1]
     return hit[1]
 
 

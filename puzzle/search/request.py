@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from puzzle.errors import ConfigError
+from puzzle.errors import ConfigError, InfeasibleError
 from puzzle.library import BlockLibrary, Variant
 from puzzle.search.problem import Constraint, build_problem, parse_constraint
 from puzzle.search.solvers import SOLVER_NAMES
@@ -171,22 +171,21 @@ class SearchRequest:
                 problems.append((("constraints", i), str(exc)))
         if self.mode == "diverse" and self.diversity > library.n_layers:
             problems.append((("d",), f"d ({self.diversity}) must not exceed the library's {library.n_layers} layers"))
-        if not problems:
-            problems += self.feasibility_problems(library)
         return problems
 
-    def feasibility_problems(self, library: BlockLibrary) -> Problems:
-        """Constraints no architecture can meet, as the search would report them (the binding constraint and
-        its best achievable value, ``puzzle.search.diagnose``). A cheap bound per constraint row decides
-        whether to diagnose: it finds every constraint that is infeasible on its own, never a false one."""
+    def infeasibility(self, library: BlockLibrary) -> tuple[tuple[str | int, ...], InfeasibleError] | None:
+        """Where and why no architecture can meet the constraints, as the search would report it (the binding
+        constraint and its best achievable value, ``puzzle.search.diagnose``); None when a cheap bound per
+        constraint row finds nothing (it finds every constraint infeasible on its own, never a false one).
+        For a request without ``problems``: what a job submission checks before queueing."""
         problem = build_problem(library, self.objective, self.constraints, scenario=self.scenario)
         if not problem.n_rows or not problem.costs:
-            return []
+            return None
         smallest = np.sum([c.min(axis=0) for c in problem.costs], axis=0)
         largest = np.sum([c.max(axis=0) for c in problem.costs], axis=0)
         tol = problem.tolerance
         if np.all(smallest <= problem.upper + tol) and np.all(largest >= problem.lower - tol):
-            return []
+            return None
         from puzzle.search.diagnose import diagnose
 
         error = diagnose(problem)
@@ -194,7 +193,7 @@ class SearchRequest:
         where: tuple[str | int, ...] = ("constraints",)
         if error.constraint in texts:
             where = ("constraints", texts.index(error.constraint))
-        return [(where, str(error))]
+        return where, error
 
     def check(self, library: BlockLibrary) -> None:
         """Raise ``RequestError`` listing every problem of this request against ``library``."""

@@ -24,7 +24,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from puzzle.errors import InfeasibleError, PuzzleError
-from service.errors import ConflictError, InvalidInputError, NotFoundError, RateLimitedError, UnauthorizedError
+from service.errors import (
+    ConflictError,
+    InfeasibleInputError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimitedError,
+    UnauthorizedError,
+)
 
 log = logging.getLogger("puzzle.api")
 # an absolute path of two or more parts (not an API path /api/..., nor a URL path after a host)
@@ -55,7 +62,9 @@ def puzzle_error_response(exc: PuzzleError) -> JSONResponse:
     if isinstance(exc, RateLimitedError):
         return JSONResponse({"detail": text}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, InvalidInputError):
-        items = [{"loc": loc, "msg": scrub(msg), "type": "invalid"} for loc, msg in exc.problems]
+        items: list[dict[str, Any]] = [{"loc": loc, "msg": scrub(msg), "type": "invalid"} for loc, msg in exc.problems]
+        if isinstance(exc, InfeasibleInputError):
+            items[0].update(type="InfeasibleError", constraint=exc.constraint, minimum=exc.minimum)
         return JSONResponse({"detail": items}, status_code=422)
     problem: dict[str, Any] = {"loc": ["body"], "msg": text, "type": type(exc).__name__}
     if isinstance(exc, InfeasibleError):

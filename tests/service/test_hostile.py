@@ -109,6 +109,14 @@ def test_frontier_cache_is_bounded_and_windows_store_no_rows(app_with: Any, clie
     for bound in (90, 80, 70):
         assert c.get(frontier(row["id"], constraint=f"num_params<={bound}%")).status_code == 200
     assert count(settings, "frontier_cache") <= 2
+    _forget_frontiers()  # rows other tests stored were evicted: let them be recomputed, not served from memory
+
+
+def _forget_frontiers() -> None:
+    from service import search
+
+    with search._LOCK:
+        search._FRONTIERS.clear()
 
 
 def _cache_rows(settings: Settings, library_id: int) -> list[str]:
@@ -378,3 +386,12 @@ def test_work_folders_follow_the_retention_rule(client: TestClient, settings: Se
     worker.run(exit_when_idle=True)
     left = sorted(p.name for p in work.iterdir())
     assert left == sorted([f"job-{failed_new}", f"job-{queued}"])
+
+
+def test_synchronous_searches_stop_at_their_time_limit(app_with: Any, client: TestClient, settings: Settings) -> None:
+    row = upload(client, make_library(5, seed=33), "time-limit-5")
+    c = app_with(sync_time_limit_s=1e-6)
+    rows = count(settings, "frontier_cache")
+    r = c.get(frontier(row["id"], constraint="num_params<=77%"))
+    assert r.status_code == 422 and "PUZZLE_SYNC_TIME_LIMIT_S" in r.json()["detail"][0]["msg"]
+    assert count(settings, "frontier_cache") == rows
