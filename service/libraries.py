@@ -1,17 +1,20 @@
 """Storing uploaded block libraries under the artifact root and loading them back (cached per digest).
 
 No leftovers: an upload is parsed in a private folder under ``tmp/`` (removed when done, whatever happens)
-and stored by renaming a complete folder into ``libraries/<digest>`` (never half-written). ``tmp/`` entries
-older than ``PUZZLE_SCRATCH_MAX_AGE_S`` (a killed process's) are swept when the API starts and before each
-upload. A stored folder no row refers to (the loser of a name race) is removed under the digest's lock, and
-swept at start once older than the same age.
+and stored by renaming a complete folder into ``libraries/<digest>`` (never half-written). Scratch entries
+are named ``<kind>-<host>-<pid>-...``: when the API starts and before each upload, those of this host's
+processes that are gone (killed mid-upload) are swept at once, any entry older than
+``PUZZLE_SCRATCH_MAX_AGE_S`` too. A stored folder no row refers to (the loser of a name race) is removed
+under the digest's lock, and swept at start once older than the same age.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from functools import lru_cache
@@ -43,7 +46,7 @@ def parse_upload(fmt: str, data: dict[str, Any], *, scratch: Path) -> BlockLibra
         )
     # import_nvlabs reads the NVlabs folder layout: lay the three files out in a private scratch folder.
     scratch.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="nvlabs-", dir=scratch))
+    folder = Path(tempfile.mkdtemp(prefix=scratch_prefix("nvlabs"), dir=scratch))
     try:
         for key in ("block_library", "measurement_info", "parent_block_stats"):
             (folder / f"{key}.json").write_text(json.dumps(data[key]), encoding="utf-8")
@@ -56,17 +59,41 @@ def scratch_dir(settings: Settings) -> Path:
     return inside(settings.artifacts, "tmp")
 
 
-def sweep_scratch(settings: Settings, *, now: float | None = None) -> list[str]:
-    """Remove ``tmp/`` entries older than ``PUZZLE_SCRATCH_MAX_AGE_S``; returns their names."""
+def scratch_prefix(kind: str) -> str:
+    """``<kind>-<host>-<pid>-``: whose scratch entry it is, so a restarted API can sweep a killed one's at once."""
+    return f"{kind}-{_HOST}-{os.getpid()}-"
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:60] or "host"
+_OWNED = re.compile(r"^[a-z]+-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[a-z0-9_]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_scratch(settings: Settings, *, starting: bool = False, now: float | None = None) -> list[str]:
+    """Remove ``tmp/`` entries a dead process left: this host's whose process is gone (``starting``: also
+    this process's own pid, reused after a restart in a container), and any entry older than
+    ``PUZZLE_SCRATCH_MAX_AGE_S``. Returns their names."""
     folder = scratch_dir(settings)
     now = time.time() if now is None else now
     swept = []
     for entry in folder.iterdir() if folder.is_dir() else ():
+        owner = _OWNED.match(entry.name)
+        mine = owner is not None and owner["host"] == _HOST
+        dead = mine and (not _alive(int(owner["pid"])) or (starting and int(owner["pid"]) == os.getpid()))
         try:
             old = now - entry.lstat().st_mtime > settings.scratch_max_age_s
         except FileNotFoundError:
             continue
-        if old:
+        if dead or old:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -83,7 +110,7 @@ def store(settings: Settings, library: BlockLibrary) -> str:
     if not (folder / "library.json").is_file():
         scratch = scratch_dir(settings)
         scratch.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix="store-", dir=scratch))
+        staged = Path(tempfile.mkdtemp(prefix=scratch_prefix("store"), dir=scratch))
         try:
             write_text(staged / "library.json", library.to_json())
             folder.parent.mkdir(parents=True, exist_ok=True)

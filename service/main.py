@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         if check_schema:
             db.check_schema(engine)
             libraries.sweep_orphans(settings, app.state.sessions)
-        libraries.sweep_scratch(settings)  # what a killed process left (docs/access.md: no leftovers)
+        libraries.sweep_scratch(settings, starting=True)  # what a killed process left (docs/access.md)
         yield
 
     app = FastAPI(

@@ -348,19 +348,27 @@ def test_concurrent_uploads_of_one_name_leave_no_orphans(client: TestClient, set
 
 
 def test_scratch_is_swept_on_start(settings: Settings) -> None:
+    from service.libraries import scratch_prefix
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host_pid = scratch_prefix("nvlabs").rsplit("-", 2)[0]  # nvlabs-<host>
     scratch = settings.artifacts / "tmp"
     old, fresh = scratch / "nvlabs-killed", scratch / "nvlabs-running"
-    for folder in (old, fresh):
+    killed = scratch / f"{host_pid}-{dead.pid}-abc123"  # fresh, but its process is gone (kill -9 mid-upload)
+    alive = scratch / f"{host_pid}-{os.getppid()}-abc123"  # another live process's upload in flight
+    for folder in (old, fresh, killed, alive):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "block_library.json").write_text("{}")
     then = time.time() - 3600
     os.utime(old, (then, then))
     with TestClient(create_app(settings)):
         pass
-    assert not old.exists() and fresh.exists()
+    assert not old.exists() and not killed.exists() and fresh.exists() and alive.exists()
     import shutil
 
     shutil.rmtree(fresh)
+    shutil.rmtree(alive)
 
 
 def test_work_folders_follow_the_retention_rule(client: TestClient, settings: Settings) -> None:
