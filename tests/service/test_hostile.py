@@ -403,3 +403,52 @@ def test_synchronous_searches_stop_at_their_time_limit(app_with: Any, client: Te
     r = c.get(frontier(row["id"], constraint="num_params<=77%"))
     assert r.status_code == 422 and "PUZZLE_SYNC_TIME_LIMIT_S" in r.json()["detail"][0]["msg"]
     assert count(settings, "frontier_cache") == rows
+
+
+def test_a_synchronous_search_stops_when_its_client_goes_away() -> None:
+    import anyio
+    from starlette.requests import Request
+
+    from service.api.routes.libraries import bounded
+    from service.search import Budget, ClientGone
+
+    async def gone() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []}, receive=gone)
+    budget = Budget(60.0)
+    checks = []
+
+    def work() -> None:  # a long search that checks its budget between steps
+        while True:
+            checks.append(time.monotonic())
+            budget.check()
+            time.sleep(0.05)
+
+    started = time.monotonic()
+    with pytest.raises(ClientGone):
+        anyio.run(bounded, request, budget, work)
+    assert time.monotonic() - started < 2.0 and budget.gone.is_set()
+
+
+def test_chunked_upload_over_the_limit_on_a_real_server(pg_url: str, tmp_path: Path, settings: Settings) -> None:
+    import httpx
+
+    from tests.service.live import serve
+
+    libraries = count(settings, "libraries")
+    env = {"PUZZLE_MAX_UPLOAD_BYTES": "65536"}
+    sent = []
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "chunked-live", "format": "puzzle", "data": {"x": "'
+        for _ in range(1000):  # 16 MB, never announced in a Content-Length
+            sent.append(1)
+            yield b"a" * 16384
+        yield b'"}}'
+
+    with serve(pg_url, tmp_path, workers=0, extra_env=env) as base:
+        r = httpx.post(f"{base}{API}/libraries", content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "PUZZLE_MAX_UPLOAD_BYTES=65536" in r.json()["detail"]
+    assert count(settings, "libraries") == libraries
+    assert not (tmp_path / "tmp").exists() or not list((tmp_path / "tmp").iterdir())
