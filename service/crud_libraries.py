@@ -55,7 +55,7 @@ _LIBRARY_REFS: LRUCache[tuple[str, int], tuple[str, str]] = LRUCache(4096)
 
 def library_ref(session: Session, *, library_id: int) -> tuple[str, str] | None:
     """(path, digest) of a stored library, or None when no library has this id."""
-    key = (str(session.get_bind().url), library_id)
+    key = (str(session.get_bind().engine.url), library_id)
     ref = _LIBRARY_REFS.get(key)
     if ref is None:
         row = session.get(Library, library_id)

@@ -87,8 +87,8 @@ def sweep_scratch(settings: Settings, *, starting: bool = False, now: float | No
     swept = []
     for entry in folder.iterdir() if folder.is_dir() else ():
         owner = _OWNED.match(entry.name)
-        mine = owner is not None and owner["host"] == _HOST
-        dead = mine and (not _alive(int(owner["pid"])) or (starting and int(owner["pid"]) == os.getpid()))
+        pid = int(owner["pid"]) if owner is not None and owner["host"] == _HOST else None
+        dead = pid is not None and (not _alive(pid) or (starting and pid == os.getpid()))
         try:
             old = now - entry.lstat().st_mtime > settings.scratch_max_age_s
         except FileNotFoundError:

@@ -195,7 +195,7 @@ def _succeeded(job: Job) -> dict[str, Any]:
     return job.result
 
 
-NOT_YET = {409: {"model": Message, "description": "the job has not succeeded (yet)"}}
+NOT_YET: dict[int | str, dict[str, Any]] = {409: {"model": Message, "description": "the job has not succeeded (yet)"}}
 
 
 @router.get("/{job_id}/result", responses=NOT_YET)
