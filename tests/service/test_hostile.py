@@ -452,3 +452,16 @@ def test_chunked_upload_over_the_limit_on_a_real_server(pg_url: str, tmp_path: P
         assert r.status_code == 413 and "PUZZLE_MAX_UPLOAD_BYTES=65536" in r.json()["detail"]
     assert count(settings, "libraries") == libraries
     assert not (tmp_path / "tmp").exists() or not list((tmp_path / "tmp").iterdir())
+
+
+def test_pipeline_diversity_over_the_parents_layers_is_refused(client: TestClient, settings: Settings) -> None:
+    from puzzle.pipeline.request import parent_layers
+
+    layers = parent_layers("tiny-llama", settings.artifacts / "parents")
+    assert layers is not None
+    search = {"mode": "diverse", "n": 2, "d": layers + 1}
+    r = client.post(f"{API}/jobs", json={"kind": "pipeline", "parent": "tiny-llama", "search": search})
+    assert r.status_code == 422, r.text
+    problem = r.json()["detail"][0]
+    assert problem["loc"] == ["body", "search", "d"] and f"{layers} layers" in problem["msg"]
+    assert "--" not in problem["msg"] and count(settings, "jobs") == 0
