@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     # Largest body of any other request (job submissions, solves).
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     # Synchronous frontier / solve: the largest library they run on (bigger ones: submit a search job) ...
-    max_search_layers: int = Field(default=1024, ge=1)
-    max_search_variants: int = Field(default=200_000, ge=1)
+    max_search_layers: int = Field(default=512, ge=1)
+    max_search_variants: int = Field(default=50_000, ge=1)
     # ... the largest answer (frontier points x layers) and the longest they may run.
     max_frontier_cells: int = Field(default=5_000_000, ge=1)
     sync_time_limit_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
