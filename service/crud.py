@@ -10,14 +10,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from cachetools import LRUCache
 from sqlalchemy import CursorResult, String, Update, and_, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.crud_libraries import (  # noqa: F401  (the job store's one face: crud.get_library, ...)
+    create_library,
+    get_library,
+    get_library_by_name,
+    library_ref,
+    list_libraries,
+)
 from service.encoding import body_hash, decode_cursor, encode_cursor
 from service.errors import ConflictError, NotFoundError
-from service.models import TERMINAL_STATES, IdempotencyKey, Job, JobEvent, Library, utcnow
+from service.models import TERMINAL_STATES, IdempotencyKey, Job, JobEvent, utcnow
 
 # ETA is reported once this many units are done and this much of the stage has elapsed.
 ETA_MIN_UNITS = 2
@@ -33,45 +39,6 @@ def _updated(session: Session, statement: Update) -> int:
     result = session.execute(statement)
     assert isinstance(result, CursorResult)
     return result.rowcount
-
-
-# --- libraries -----------------------------------------------------------------------------------------------
-
-
-def get_library(session: Session, *, library_id: int) -> Library:
-    library = session.get(Library, library_id)
-    if library is None:
-        raise NotFoundError(f"no library with id {library_id}")
-    return library
-
-
-def get_library_by_name(session: Session, *, name: str) -> Library | None:
-    return session.scalars(select(Library).where(Library.name == name)).first()
-
-
-def create_library(
-    session: Session, *, name: str, fmt: str, digest: str, path: str, n_layers: int, n_variants: int, summary: dict
-) -> Library:
-    library = Library(
-        name=name, format=fmt, digest=digest, path=path, n_layers=n_layers, n_variants=n_variants, summary=summary
-    )
-    session.add(library)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        session.rollback()
-        raise ConflictError(f"a library named {name!r} already exists with other content; choose another name") from exc
-    return library
-
-
-def list_libraries(session: Session, *, limit: int, cursor: str | None = None) -> tuple[list[Library], str | None]:
-    query = select(Library).order_by(Library.id.desc()).limit(limit + 1)
-    if cursor:
-        query = query.where(Library.id < decode_cursor(cursor))
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].id) if more else None
 
 
 # --- jobs: submit, read, cancel ------------------------------------------------------------------------------
@@ -108,7 +75,7 @@ def submit_job(
             digest=digest,
         )
     if idempotency_key is not None:
-        existing = _job_for_key(session, key=idempotency_key, digest=digest)
+        existing = _job_for_key(session, key=idempotency_key, digest=digest, spec=spec, max_attempts=max_attempts)
         if existing is not None:
             return existing, True
     job = Job(
@@ -133,7 +100,7 @@ def submit_job(
         except IntegrityError:
             # Another request with the same key won the race: return its job.
             session.rollback()
-            existing = _job_for_key(session, key=idempotency_key, digest=digest)
+            existing = _job_for_key(session, key=idempotency_key, digest=digest, spec=spec, max_attempts=max_attempts)
             assert existing is not None
             return existing, True
     return job, False
@@ -198,7 +165,7 @@ def _submit_one_statement(
             job_id = session.execute(query).scalar_one()
         except IntegrityError:
             session.rollback()  # the statement made nothing; the caller had only read before it
-            existing = _job_for_key(session, key=idempotency_key, digest=digest)
+            existing = _job_for_key(session, key=idempotency_key, digest=digest, spec=spec, max_attempts=max_attempts)
             assert existing is not None
             return existing, True
     else:
@@ -207,15 +174,26 @@ def _submit_one_statement(
     return job, False
 
 
-def _job_for_key(session: Session, *, key: str, digest: str) -> Job | None:
+def _job_for_key(session: Session, *, key: str, digest: str, spec: dict[str, Any], max_attempts: int) -> Job | None:
+    """The job a replay of ``key`` returns; ConflictError naming the fields that differ from its first body."""
     row = session.get(IdempotencyKey, key)
     if row is None:
         return None
-    if row.request_hash != digest:
+    job = session.get(Job, row.job_id)
+    assert job is not None
+    differ = (
+        [] if row.request_hash == digest else sorted(k for k in {*spec, *job.spec} if spec.get(k) != job.spec.get(k))
+    )
+    if row.request_hash != digest and not differ:
+        differ = ["kind"]
+    if job.max_attempts != max_attempts:
+        differ.append(f"max_attempts (first {job.max_attempts}, now {max_attempts})")
+    if differ:
         raise ConflictError(
-            f"Idempotency-Key {key!r} was already used with a different request body; use a new key for a new request"
+            f"Idempotency-Key {key!r} was already used for job {job.id} with a different request body "
+            f"(differs in: {', '.join(differ)}); use a new key for a new request"
         )
-    return session.get(Job, row.job_id)
+    return job
 
 
 def get_job(session: Session, *, job_id: int) -> Job:
@@ -427,20 +405,3 @@ def requeue_stale(session: Session, *, stale_after_s: float, now: datetime | Non
             add_event(session, job_id=job.id, type="state", data={"state": "failed", "error": job.error, **lost})
         touched.append(job.id)
     return touched
-
-
-# Stored libraries never change and are never deleted: where one lives is remembered per process and database,
-# which saves every job submission a round trip.
-_LIBRARY_REFS: LRUCache[tuple[str, int], tuple[str, str]] = LRUCache(4096)
-
-
-def library_ref(session: Session, *, library_id: int) -> tuple[str, str] | None:
-    """(path, digest) of a stored library, or None when no library has this id."""
-    key = (str(session.get_bind().url), library_id)
-    ref = _LIBRARY_REFS.get(key)
-    if ref is None:
-        row = session.get(Library, library_id)
-        if row is None:
-            return None
-        ref = _LIBRARY_REFS[key] = (row.path, row.digest)
-    return ref

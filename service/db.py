@@ -10,9 +10,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.errors import SchemaOutdatedError
+from service.errors import DatabaseUnreachableError, SchemaOutdatedError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -121,7 +122,15 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
 
 def check_schema(engine: Engine) -> None:
     """Raise ``SchemaOutdatedError`` unless the database is at this code's head revision."""
-    current, head = current_revision(engine), head_revision()
+    try:
+        current = current_revision(engine)
+    except DBAPIError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+        raise DatabaseUnreachableError(
+            f"cannot reach the {engine.url.get_backend_name()} database of PUZZLE_DATABASE_URL "
+            f"({engine.url.render_as_string(hide_password=True)}): {first}"
+        ) from None
+    head = head_revision()
     if current != head:
         where = engine.url.render_as_string(hide_password=True)
         state = "has no Puzzle schema" if current is None else f"is at schema revision {current}"

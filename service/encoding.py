@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any
 
-from puzzle.errors import ConfigError
+from service.errors import InvalidInputError
 
 
 def encode_cursor(last_id: int) -> str:
@@ -25,7 +25,9 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError(raw)
         return number
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cursor {cursor!r} is not one this API returned; pass next_cursor unchanged") from exc
+        raise InvalidInputError(
+            [(["query", "cursor"], "cursor is not one this API returned; pass next_cursor unchanged")]
+        ) from exc
 
 
 def body_hash(body: Any) -> str:

@@ -17,6 +17,18 @@ class UnauthorizedError(PuzzleError):
     """A write without the configured bearer token (HTTP 401)."""
 
 
+class RateLimitedError(PuzzleError):
+    """Too many expensive requests from one client (HTTP 429 with Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DatabaseUnreachableError(ConfigError):
+    """PUZZLE_DATABASE_URL names a database that does not answer (one line for the operator, no traceback)."""
+
+
 class SchemaOutdatedError(ConfigError):
     """The database schema is older (or newer) than this code; ``puzzle db upgrade`` fixes it."""
 
@@ -27,6 +39,14 @@ class InvalidInputError(ConfigError):
     def __init__(self, problems: list[tuple[list[str | int], str]]):
         super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         self.problems = problems
+
+
+class InfeasibleInputError(InvalidInputError):
+    """Constraints no architecture meets (HTTP 422 with the binding ``constraint`` and its ``minimum``)."""
+
+    def __init__(self, loc: list[str | int], message: str, *, constraint: str | None, minimum: float | None):
+        super().__init__([(loc, message)])
+        self.constraint, self.minimum = constraint, minimum
 
 
 def invalid(loc: list[str | int], msg: str) -> InvalidInputError:

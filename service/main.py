@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from service import db
+from service import db, libraries
 from service.api import errors
+from service.api.body_limit import BodyLimit
 from service.api.main import api_router
+from service.api.openapi import document_statuses
 from service.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if check_schema:
             db.check_schema(engine)
+            libraries.sweep_orphans(settings, app.state.sessions)
+        libraries.sweep_scratch(settings, starting=True)  # what a killed process left (docs/access.md)
         yield
 
     app = FastAPI(
@@ -62,20 +65,9 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
     app.state.sessions = db.session_factory(engine)
     errors.install(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        """Refuse bodies over PUZZLE_MAX_UPLOAD_BYTES before reading them (413)."""
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > settings.max_upload_bytes:
-            return JSONResponse(
-                {
-                    "detail": f"request body of {length} bytes exceeds PUZZLE_MAX_UPLOAD_BYTES={settings.max_upload_bytes}"
-                },
-                status_code=413,
-            )
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, settings=settings)
     app.include_router(api_router, prefix=API_PREFIX)
+    document_statuses(app)
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:

@@ -8,10 +8,11 @@ rows directly (``from_attributes``).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from puzzle.pipeline.request import (
     MAX_EXPORT_POINTS,
@@ -41,7 +42,32 @@ _DEFAULT_BUILD = BuildSettings()
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN / Infinity are valid Python JSON but no valid input (and PostgreSQL refuses them in JSON columns)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Every number of an uploaded library: finite and no larger than this in size (costs, sizes, batch sizes ...)
+MAX_UPLOAD_NUMBER = 1e15
+MAX_UPLOAD_DEPTH = 32
+
+
+def number_problems(data: Any, loc: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every number in ``data`` (nested dicts and lists) that is not finite or beyond ``MAX_UPLOAD_NUMBER``."""
+    if len(loc) > MAX_UPLOAD_DEPTH:
+        return [(loc, f"nested deeper than {MAX_UPLOAD_DEPTH} levels")]
+    if isinstance(data, dict):
+        return [p for key, value in data.items() for p in number_problems(value, (*loc, str(key)))]
+    if isinstance(data, list):
+        return [p for i, value in enumerate(data) for p in number_problems(value, (*loc, i))]
+    if isinstance(data, bool) or not isinstance(data, int | float):
+        return []
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(loc, f"{data} is not a finite number")]
+    if abs(data) > MAX_UPLOAD_NUMBER:
+        return [
+            (loc, f"{float(data):g} is beyond the sane range of a library's numbers (|x| <= {MAX_UPLOAD_NUMBER:g})")
+        ]
+    return []
 
 
 # --- libraries -------------------------------------------------------------------------------------------
@@ -61,6 +87,16 @@ class LibraryCreate(_Strict):
     name: Name
     format: Literal["puzzle", "nvlabs"] = "puzzle"
     data: dict[str, Any] = Field(description="puzzle: the library.json object; nvlabs: an NVlabsLibrary object")
+
+    @field_validator("data")
+    @classmethod
+    def _finite(cls, data: dict[str, Any]) -> dict[str, Any]:
+        problems = number_problems(data)
+        if problems:
+            listed = "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems[:10])
+            more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+            raise ValueError(f"numbers of a library must be finite and |x| <= {MAX_UPLOAD_NUMBER:g}: {listed}{more}")
+        return data
 
 
 class ScenarioPublic(BaseModel):
@@ -340,7 +376,7 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    database: str
+    database: str = Field(description="the database's kind (postgresql, sqlite); never its host, user or name")
     schema_revision: str | None
     expected_revision: str
     detail: str | None = None

@@ -34,6 +34,12 @@ def run_search_job(ctx: JobContext) -> dict[str, Any]:
         row = crud.get_library(session, library_id=int(ctx.spec["library_id"]))
         library = library_store.load(ctx.settings.artifacts, row.path, row.digest)
     ctx.check()
+    # TODO(pool resume, issue 13 item 6): a re-run of a diverse job recomputes the solutions an interrupted run
+    # had found. The pool can resume (``puzzle.search.pool.diverse_solutions(previous=...)``, the hygiene
+    # branch), but ``puzzle.search.run_search`` neither passes ``previous`` through nor hands each new Solution
+    # to its sink (``on_solution(found, n)`` gives counts only). Once it does: log each solution's ``choices``
+    # as a ``solution`` event here (``ctx.log``), and on a re-run pass the job's earlier ``solution`` events
+    # (``crud.list_events``) back as ``previous``.
     return run_search(library, SearchRequest.from_dict(ctx.spec), progress=ctx, check=ctx.check).to_dict()
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from puzzle.errors import PuzzleError
-from service import crud, db
+from service import crud, db, pipelines
 from service.models import Job
 from service.settings import Settings
 from workers.jobs import RUNNERS
@@ -181,6 +181,8 @@ class Worker:
             owned = crud.finish_job(
                 session, job_id=job.id, worker_id=self.worker_id, state=state, result=result, error=error
             )
+        if owned and state == "cancelled" and job.kind == "pipeline":
+            pipelines.remove_work(self.settings, job.id)  # the retention rule (service.pipelines)
         return state if owned else "lost"
 
     def _heartbeat(self, ctx: JobContext, stop: threading.Event) -> None:
@@ -201,6 +203,9 @@ class Worker:
         """Work until ``stop`` is set (or ``max_jobs`` ran, or the queue is empty with ``exit_when_idle``)."""
         stop = stop or threading.Event()
         ran = 0
+        swept = pipelines.sweep_work(self.settings, self.sessions)
+        if swept:
+            log.info("deleted the work folders of jobs %s (cancelled, failed long ago, or unknown)", swept)
         while not stop.is_set() and (max_jobs is None or ran < max_jobs):
             job_id = self.run_once()
             if job_id is None:

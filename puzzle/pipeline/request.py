@@ -24,6 +24,7 @@ BUILT_METRICS = ("kl_div", "lm_loss", "cosine")  # what every built library reco
 # Names are labels only (never paths): letters, digits, '_', '.', '-', starting with a letter or digit.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 MAX_EXPORT_POINTS = 16
+DEFAULT_HELD_OUT_FRACTION = 0.05  # a directory parent's (puzzle.pipeline.stages.DEFAULT_HELD_OUT)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,13 @@ class PipelineRequest:
             return self.search
         return replace(self.search, target=self.target)
 
+    @property
+    def held_out_fraction(self) -> float:
+        """Share of the corpus held out for scoring: the request's, else the preset's, else 0.05."""
+        if self.build.held_out_fraction is not None:
+            return self.build.held_out_fraction
+        return PRESETS[self.parent].train.held_out_fraction if self.is_preset else DEFAULT_HELD_OUT_FRACTION
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "parent": self.parent,
@@ -163,8 +171,18 @@ def _fuse_settings(data: Any, problems: Problems) -> FuseSettings | None:
     return settings
 
 
-def input_problems(parent: str, corpus: str | None, parents: Path, corpora: Path, *, where: str = "") -> Problems:
-    """The named parent directory and corpus, if not there (``where``: how to name their folders to users)."""
+def input_problems(
+    parent: str,
+    corpus: str | None,
+    parents: Path,
+    corpora: Path,
+    *,
+    where: str = "",
+    request: PipelineRequest | None = None,
+) -> Problems:
+    """The named parent directory and corpus, if not there (``where``: how to name their folders to users);
+    with ``request``, also what the job would fail on later: a corpus the library stage cannot split into
+    training and held-out text (``corpus_problem``), a diversity larger than the parent's layers."""
     problems: Problems = []
     if parent not in PARENT_PRESETS and not (parents / parent / "config.json").is_file():
         problems.append(
@@ -174,9 +192,54 @@ def input_problems(parent: str, corpus: str | None, parents: Path, corpora: Path
                 f"directory under {where}parents/ (known there: {_known(parents)})",
             )
         )
+    elif request is not None:
+        layers = parent_layers(parent, parents)
+        if request.search.mode == "diverse" and layers is not None and request.search.diversity > layers:
+            problems.append(
+                (("search", "d"), f"d ({request.search.diversity}) must not exceed the parent's {layers} layers")
+            )
     if corpus is not None and not (corpora / corpus).exists():
         problems.append((("corpus",), f"no corpus {corpus!r} under {where}corpora/ (known there: {_known(corpora)})"))
+    elif corpus is not None and request is not None:
+        problem = corpus_problem(corpora / corpus, request.held_out_fraction)
+        if problem is not None:
+            problems.append((("corpus",), problem))
     return problems
+
+
+def corpus_problem(path: Path, held_out_fraction: float) -> str | None:
+    """Why the library stage could not use the corpus at ``path``: the same reading and split it does
+    (``puzzle.data.read_corpus`` / ``split_corpus``), needing training and held-out text both."""
+    from puzzle.data import read_corpus, split_corpus
+    from puzzle.errors import DataError
+
+    try:
+        train, held = split_corpus(read_corpus(path), held_out_fraction)
+    except DataError as exc:
+        return str(exc)
+    if not held.documents or not train.documents:
+        which = "held-out" if not held.documents else "training"
+        return (
+            f"the corpus has no {which} text at held_out_fraction={held_out_fraction:g} (train "
+            f"{len(train.documents)}, held out {len(held.documents)} documents): add files or set "
+            "build.held_out_fraction"
+        )
+    return None
+
+
+def parent_layers(parent: str, parents: Path) -> int | None:
+    """The parent's number of layers (a preset's architecture, or a directory's config.json); None if unknown."""
+    if parent in PARENT_PRESETS:
+        preset = PRESETS[parent]
+        return preset.make_arch(preset.vocab_size).n_layers
+    try:
+        import json
+
+        config = json.loads((parents / parent / "config.json").read_text(encoding="utf-8"))
+        layers = config.get("num_hidden_layers")
+        return int(layers) if isinstance(layers, int) and layers > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _known(folder: Path) -> str:

@@ -334,16 +334,13 @@ def run_pipeline(
             progress=progress,
             status=lambda message: status(f"parent: {message}"),
         )
-        held_out = get_preset(request.parent).train.held_out_fraction
     else:
         assert parent_dir is not None, "a directory parent needs its folder"
         parent_dir = parent_stage(parent_dir, work, corpus=corpus, progress=progress)
-        held_out = DEFAULT_HELD_OUT
     timer.lap("parent")
     knobs = request.build
-    config = build_config(
-        knobs, held_out_fraction=held_out if knobs.held_out_fraction is None else knobs.held_out_fraction, corpus=corpus
-    )
+    # the request's rule (also what a submission's corpus check splits with)
+    config = build_config(knobs, held_out_fraction=request.held_out_fraction, corpus=corpus)
     library = library_stage(
         parent_dir,
         work,

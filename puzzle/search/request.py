@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from puzzle.errors import ConfigError
+import numpy as np
+
+from puzzle.errors import ConfigError, InfeasibleError
 from puzzle.library import BlockLibrary, Variant
 from puzzle.search.problem import Constraint, build_problem, parse_constraint
 from puzzle.search.solvers import SOLVER_NAMES
@@ -139,7 +141,8 @@ class SearchRequest:
             # constraints that did not parse are reported above; the rest keep their positions
             positions = [i for i in range(len(raw)) if i not in bad]
             for loc, msg in request.problems(library):
-                problems.append((("constraints", positions[int(loc[1])]) if loc[0] == "constraints" else loc, msg))
+                at = len(loc) > 1 and loc[0] == "constraints"
+                problems.append((("constraints", positions[int(loc[1])]) if at else loc, msg))
         if problems:
             raise RequestError(problems)
         return request
@@ -170,7 +173,31 @@ class SearchRequest:
                 build_problem(library, objective, (c,), scenario=scenario)
             except ConfigError as exc:
                 problems.append((("constraints", i), str(exc)))
+        if self.mode == "diverse" and self.diversity > library.n_layers:
+            problems.append((("d",), f"d ({self.diversity}) must not exceed the library's {library.n_layers} layers"))
         return problems
+
+    def infeasibility(self, library: BlockLibrary) -> tuple[tuple[str | int, ...], InfeasibleError] | None:
+        """Where and why no architecture can meet the constraints, as the search would report it (the binding
+        constraint and its best achievable value, ``puzzle.search.diagnose``); None when a cheap bound per
+        constraint row finds nothing (it finds every constraint infeasible on its own, never a false one).
+        For a request without ``problems``: what a job submission checks before queueing."""
+        problem = build_problem(library, self.objective, self.constraints, scenario=self.scenario)
+        if not problem.n_rows or not problem.costs:
+            return None
+        smallest = np.sum([c.min(axis=0) for c in problem.costs], axis=0)
+        largest = np.sum([c.max(axis=0) for c in problem.costs], axis=0)
+        tol = problem.tolerance
+        if np.all(smallest <= problem.upper + tol) and np.all(largest >= problem.lower - tol):
+            return None
+        from puzzle.search.diagnose import diagnose
+
+        error = diagnose(problem)
+        texts = self.constraint_texts
+        where: tuple[str | int, ...] = ("constraints",)
+        if error.constraint in texts:
+            where = ("constraints", texts.index(error.constraint))
+        return where, error
 
     def check(self, library: BlockLibrary) -> None:
         """Raise ``RequestError`` listing every problem of this request against ``library``."""
@@ -191,7 +218,7 @@ def _field_problems(r: SearchRequest) -> Problems:
     if r.solver is not None and r.solver not in solvers:
         problems.append((("solver",), f"unknown solver {r.solver!r}; choose one of {', '.join(solvers)}"))
     if r.solver == GREEDY and r.mode != "solve":
-        problems.append((("solver",), "the greedy baseline gives one solution; drop --solutions/--diversity"))
+        problems.append((("solver",), "the greedy baseline gives one solution: use mode 'solve' with it"))
     if isinstance(r.n, int) and r.n < 1:
         problems.append((("n",), f"n must be at least 1, got {r.n}"))
     if isinstance(r.diversity, int) and r.diversity < 1:

@@ -1,1 +1,9 @@
-from tests.service.fixtures import _clean_jobs, artifacts, client, pg_url, settings, small_library  # noqa: F401
+from tests.service.fixtures import (  # noqa: F401
+    _clean_jobs,
+    app_with,
+    artifacts,
+    client,
+    pg_url,
+    settings,
+    small_library,
+)

@@ -81,6 +81,22 @@ def _clean_jobs(request: pytest.FixtureRequest) -> None:
         conn.execute(text("TRUNCATE idempotency_keys, job_events, jobs RESTART IDENTITY CASCADE"))
 
 
+@pytest.fixture
+def app_with(settings: Settings) -> Iterator[Any]:
+    """``app_with(**settings)``: a TestClient on the same database with other settings."""
+    clients: list[TestClient] = []
+
+    def make(**update: Any) -> TestClient:
+        c = TestClient(create_app(settings.model_copy(update=update)))
+        c.__enter__()
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
 def make_library(n_layers: int = 6, *, seed: int = 0) -> BlockLibrary:
     """A small Llama-like library: per layer the parent, fewer KV heads, narrower FFN, linear and no-op
     subblocks (12 variants), with seeded quality scores and costs that grow with what a variant keeps."""

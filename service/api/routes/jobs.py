@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from service import crud, libraries, pipelines, search
-from service.api.deps import MAX_ID, JobIdPath, SessionDep, SettingsDep, WriteAccess
+from service.api.deps import MAX_ID, JobIdPath, SessionDep, SettingsDep
+from service.api.openapi import Message
 from service.artifacts import inside
 from service.errors import ConflictError, invalid
 from service.models import TERMINAL_STATES, Job
@@ -37,9 +38,8 @@ SSE_KEEPALIVE_S = 15.0
 @router.post(
     "",
     status_code=202,
-    dependencies=[WriteAccess],
     response_model=JobPublic,
-    responses={409: {"description": "Idempotency-Key reused with another body"}},
+    responses={409: {"model": Message, "description": "Idempotency-Key reused with another body"}},
 )
 def submit_job(
     body: Annotated[JobCreate, Body()],
@@ -100,7 +100,12 @@ def get_job(job_id: JobIdPath, session: SessionDep) -> JobPublic:
     return JobPublic.model_validate(crud.get_job(session, job_id=job_id))
 
 
-@router.post("/{job_id}/cancel", dependencies=[WriteAccess], response_model=JobPublic, status_code=202)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    status_code=202,
+    responses={409: {"model": Message, "description": "the job already finished"}},
+)
 def cancel_job(job_id: JobIdPath, session: SessionDep) -> JobPublic:
     """Cancel a queued job now, or ask a running one to stop at its next check (409 once finished)."""
     job = crud.cancel_job(session, job_id=job_id)
@@ -145,7 +150,7 @@ async def stream_job_events(
                 raise ValueError(last_event_id)
         except ValueError as exc:
             raise invalid(
-                ["body", "Last-Event-ID"], f"Last-Event-ID must be an event id, got {last_event_id!r}"
+                ["header", "last-event-id"], f"Last-Event-ID must be an event id (0 to {MAX_ID}), got {last_event_id!r}"
             ) from exc
 
     def fetch(cursor: int) -> tuple[list[dict[str, Any]], str]:
@@ -190,13 +195,16 @@ def _succeeded(job: Job) -> dict[str, Any]:
     return job.result
 
 
-@router.get("/{job_id}/result")
+NOT_YET: dict[int | str, dict[str, Any]] = {409: {"model": Message, "description": "the job has not succeeded (yet)"}}
+
+
+@router.get("/{job_id}/result", responses=NOT_YET)
 def get_job_result(job_id: JobIdPath, session: SessionDep) -> dict[str, Any]:
     """The job's result: ``points`` (each a whole architecture with objective and costs) and search details."""
     return _succeeded(crud.get_job(session, job_id=job_id))
 
 
-@router.get("/{job_id}/architecture", response_model=ArchitecturePublic)
+@router.get("/{job_id}/architecture", response_model=ArchitecturePublic, responses=NOT_YET)
 def get_job_architecture(
     job_id: JobIdPath,
     session: SessionDep,
@@ -213,7 +221,7 @@ def get_job_architecture(
 @router.get(
     "/{job_id}/export",
     response_class=Response,
-    responses={200: {"content": {"application/gzip": {}}, "description": "tar.gz archive"}},
+    responses={200: {"content": {"application/gzip": {}}, "description": "tar.gz archive"}, **NOT_YET},
 )
 def export_job_architecture(
     job_id: JobIdPath,

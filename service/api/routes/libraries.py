@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Literal, TypeVar
 
+import anyio
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
 
 from service import crud, libraries, search
-from service.api.deps import LibraryIdPath, SessionDep, SettingsDep, WriteAccess
-from service.artifacts import inside
+from service.api.deps import LibraryIdPath, SessionDep, SettingsDep
+from service.api.openapi import Message
 from service.errors import ConflictError
-from service.schemas import FrontierPublic, LibrariesPublic, LibraryCreate, LibraryPublic, SolutionPublic, SolveRequest
+from service.schemas import (
+    Constraint as ConstraintText,
+)
+from service.schemas import (
+    FrontierPublic,
+    LibrariesPublic,
+    LibraryCreate,
+    LibraryPublic,
+    SolutionPublic,
+    SolveRequest,
+)
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/libraries", tags=["libraries"])
 
@@ -18,15 +33,18 @@ router = APIRouter(prefix="/libraries", tags=["libraries"])
 @router.post(
     "",
     status_code=201,
-    dependencies=[WriteAccess],
     response_model=LibraryPublic,
-    responses={200: {"description": "the same library was already stored under this name"}},
+    responses={
+        200: {"description": "the same library was already stored under this name"},
+        409: {"model": Message, "description": "the name is taken by a library with other content"},
+    },
 )
 def upload_library(
     body: LibraryCreate, session: SessionDep, settings: SettingsDep, request: Request, response: Response
 ) -> LibraryPublic:
     """Store a block library (``format`` puzzle or nvlabs). Its name is a label, never a path."""
-    library = libraries.parse_upload(body.format, body.data, scratch=inside(settings.artifacts, "tmp"))
+    libraries.sweep_scratch(settings)
+    library = libraries.parse_upload(body.format, body.data, scratch=libraries.scratch_dir(settings))
     digest = library.digest()
     existing = crud.get_library_by_name(session, name=body.name)
     if existing is not None:
@@ -35,18 +53,23 @@ def upload_library(
         response.status_code = 200
         response.headers["Location"] = str(request.url_for("get_library", library_id=existing.id).path)
         return LibraryPublic.model_validate(existing)
-    path = libraries.store(settings.artifacts, library)
-    row = crud.create_library(
-        session,
-        name=body.name,
-        fmt=body.format,
-        digest=digest,
-        path=path,
-        n_layers=library.n_layers,
-        n_variants=library.n_variants,
-        summary=libraries.summary(library),
-    )
-    session.commit()
+    libraries.lock_digest(session, digest)  # held until commit / rollback: no sweep of this digest meanwhile
+    path = libraries.store(settings, library)
+    try:
+        row = crud.create_library(
+            session,
+            name=body.name,
+            fmt=body.format,
+            digest=digest,
+            path=path,
+            n_layers=library.n_layers,
+            n_variants=library.n_variants,
+            summary=libraries.summary(library),
+        )
+        session.commit()
+    except ConflictError:
+        libraries.drop_if_unused(settings, session, digest)  # a racing upload took the name: no orphan folder
+        raise
     response.headers["Location"] = str(request.url_for("get_library", library_id=row.id).path)
     return LibraryPublic.model_validate(row)
 
@@ -71,7 +94,7 @@ def get_library(library_id: LibraryIdPath, session: SessionDep) -> LibraryPublic
     response_class=Response,
     responses={200: {"model": FrontierPublic, "description": "Pareto frontier, points sorted by the axis"}},
 )
-def get_frontier(
+async def get_frontier(
     library_id: LibraryIdPath,
     request: Request,
     session: SessionDep,
@@ -79,17 +102,17 @@ def get_frontier(
     axis: Annotated[str, Query(min_length=1, max_length=200, description="cost to sweep, e.g. runtime_ms")],
     objective: Annotated[str, Query(min_length=1, max_length=200)] = "kl_div",
     scenario: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    lo: Annotated[float | None, Query(description="smallest axis value to include")] = None,
-    hi: Annotated[float | None, Query(description="largest axis value to include")] = None,
+    lo: Annotated[float | None, Query(allow_inf_nan=False, description="smallest axis value to include")] = None,
+    hi: Annotated[float | None, Query(allow_inf_nan=False, description="largest axis value to include")] = None,
     view: Annotated[
         Literal["points", "columns"], Query(description="points: objects with costs and choices; columns: plot arrays")
     ] = "points",
     constraint: Annotated[
-        list[str] | None, Query(max_length=32, description="extra bounds, e.g. num_params<=60%")
+        list[ConstraintText] | None, Query(max_length=32, description="extra bounds, e.g. num_params<=60%")
     ] = None,
 ) -> Response:
-    """The Pareto frontier of objective vs ``axis`` (cached per library and query)."""
-    row = crud.get_library(session, library_id=library_id)
+    """The Pareto frontier of objective vs ``axis`` (cached per library and query; an expensive read: see
+    docs/access.md). Stops when the client goes away or after ``PUZZLE_SYNC_TIME_LIMIT_S``."""
     query = {
         "objective": objective,
         "axis": axis,
@@ -98,7 +121,16 @@ def get_frontier(
         "hi": hi,
         "constraints": list(constraint or ()),
     }
-    raw, compressed = search.frontier_json(settings, session, row, query, view=view)
+    budget = search.Budget(settings.sync_time_limit_s)
+
+    def compute() -> tuple[bytes, bytes]:
+        row = crud.get_library(session, library_id=library_id)
+        return search.frontier_json(settings, session, row, query, view=view, budget=budget)
+
+    try:
+        raw, compressed = await bounded(request, budget, compute)
+    except search.ClientGone:
+        return Response(status_code=499)  # nobody is listening
     if "gzip" in request.headers.get("accept-encoding", ""):
         return Response(
             compressed, media_type="application/json", headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
@@ -107,10 +139,44 @@ def get_frontier(
 
 
 @router.post("/{library_id}/solve", response_model=SolutionPublic)
-def solve_library(
-    library_id: LibraryIdPath, body: SolveRequest, session: SessionDep, settings: SettingsDep
-) -> SolutionPublic:
-    """Best architecture under ad-hoc constraints, solved now (422 with the binding constraint if infeasible)."""
-    row = crud.get_library(session, library_id=library_id)
-    library = search.load_library(settings, row)
-    return search.solve_now(library, body, library_id=row.id)
+async def solve_library(
+    library_id: LibraryIdPath, body: SolveRequest, request: Request, session: SessionDep, settings: SettingsDep
+) -> SolutionPublic | Response:
+    """Best architecture under ad-hoc constraints, solved now (422 with the binding constraint if infeasible;
+    an expensive read: see docs/access.md). Each solver run is limited to ``PUZZLE_SYNC_TIME_LIMIT_S``."""
+    budget = search.Budget(settings.sync_time_limit_s)
+
+    def compute() -> SolutionPublic:
+        return search.solve_now(settings, crud.get_library(session, library_id=library_id), body, budget)
+
+    try:
+        return await bounded(request, budget, compute)
+    except search.ClientGone:
+        return Response(status_code=499)
+
+
+async def bounded(request: Request, budget: search.Budget, work: Callable[[], T]) -> T:
+    """``work()`` in a worker thread while this watches the client: when it goes away, ``budget`` tells the
+    work to stop at its next check (``ClientGone``)."""
+
+    done = anyio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            if await request.is_disconnected():
+                budget.gone.set()
+                return
+            await anyio.sleep(0.2)
+
+    error: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            value = await to_thread.run_sync(work)
+        except Exception as exc:  # raised after the group: a group would wrap it in an ExceptionGroup
+            error = exc
+        done.set()
+        group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return value
