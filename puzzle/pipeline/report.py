@@ -141,7 +141,7 @@ def write_frontier_html(
         col=1,
     )
     for method in sorted({r.method for r in rows}):
-        mine = [r for r in rows if r.method == method and r.perplexity is not None]
+        mine = [r for r in rows if r.method == method and r.perplexity is not None and r.predicted_latency_ms]
         if not mine:
             continue
         if not method.endswith("+gkd") and method != "parent":
