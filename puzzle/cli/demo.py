@@ -24,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="latency budgets as fractions of the parent's, e.g. 0.8,0.6,0.4 (default 0.9,0.7,0.5)",
     )
     parser.add_argument(
+        "--fuse-max-kl",
+        type=float,
+        default=None,
+        help="also FFN-fuse each Puzzle+GKD child within this KL to the parent (nats/token) and report it",
+    )
+    parser.add_argument(
         "--target",
         default=None,
         help="deployment target the children must load in (default: vllm; 'any' for no restriction)",
@@ -92,6 +98,10 @@ def _data_options(args: argparse.Namespace) -> dict:
         if not budgets or not all(0 < b <= 1 for b in budgets):
             raise ConfigError(f"--budgets {args.budgets!r}: every budget must be a fraction in (0, 1]")
         options["budgets"] = budgets
+    if args.fuse_max_kl is not None:
+        if not args.fuse_max_kl >= 0:
+            raise ConfigError(f"--fuse-max-kl must be a number >= 0, got {args.fuse_max_kl}")
+        options["fuse_max_kl"] = args.fuse_max_kl
     if args.target is not None:
         if args.target != "any" and args.target not in TARGETS:
             raise ConfigError(f"--target {args.target!r}: choose one of {', '.join(TARGETS)} or any")

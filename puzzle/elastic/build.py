@@ -131,7 +131,10 @@ def build_elastic(
     on_layer: Callable[[int, int], None] | None = None,
     on_step: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Build the elastic checkpoint ``req.out`` from ``req.parent`` (see the module docstring); returns its summary."""
+    """Build the elastic checkpoint ``req.out`` from ``req.parent`` (see the module docstring); returns its summary.
+
+    (Over 80 lines: the stages run in order with their resume checks and status lines, as the docstring lists.)
+    """
     from puzzle.library import BlockLibrary
     from puzzle.library.cost import default_scenarios
     from puzzle.model import load_pretrained, save_pretrained

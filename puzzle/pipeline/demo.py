@@ -29,7 +29,7 @@ import numpy as np
 
 from puzzle.child.gkd import GKDConfig
 from puzzle.data import cached_tokens, load_tokenizer, read_corpus, split_corpus
-from puzzle.errors import InfeasibleError
+from puzzle.errors import ConfigError, InfeasibleError
 from puzzle.files import key_digest, write_text
 from puzzle.library.space import SearchSpace
 from puzzle.library.store import ResultStore
@@ -69,6 +69,7 @@ class DemoConfig:
     methods: tuple[str, ...] = METHODS
     frontier: bool = True  # compute the Pareto frontier (stage 3) for the report and plot
     target: str | None = DEFAULT_TARGET  # build and choose only children this engine loads (None: any)
+    fuse_max_kl: float | None = None  # FFN-fuse each Puzzle+GKD child within this KL to the parent (a row each)
 
     def get_preset(self) -> Preset:
         return self.preset if isinstance(self.preset, Preset) else get_preset(self.preset)
@@ -76,7 +77,7 @@ class DemoConfig:
     def key(self) -> dict[str, Any]:
         return {
             "gkd": self.gkd.to_dict(),
-            "eval": [self.eval_sequences, self.eval_seq_len],
+            "eval": [self.eval_sequences, self.eval_seq_len, "held-out split for +-1 % perplexity, per sequence"],
             "latency_repeats": self.latency_repeats,
             "gkd_kept_if": "validation KL improves",
         }
@@ -175,15 +176,20 @@ class _Context:
     status: Callable[[str], None]
 
 
-def _evaluate(ctx: _Context, child: CausalLM, layers: Sequence[str]) -> dict[str, Any]:
-    from puzzle.child.assess import kl_to_parent, measure_latency
-    from puzzle.child.evaluate import evaluate
+def _quality(ctx: _Context, model: CausalLM) -> dict[str, Any]:
+    """Perplexity, KL to the parent and top-1 agreement on the evaluation tokens, with 95 % intervals and the
+    per-sequence scores (every model is scored on the same sequences, so rows compare pairwise)."""
+    from puzzle.child.evaluate import score_sequences
 
-    seq = ctx.cfg.eval_seq_len
-    quality = evaluate(child, ctx.eval_tokens, seq)
-    kl = kl_to_parent(child, ctx.parent, ctx.eval_tokens, seq)
+    scores = score_sequences(model, ctx.eval_tokens, ctx.cfg.eval_seq_len, parent=ctx.parent)
+    return {**scores.summary(), "scores": scores.to_dict()}
+
+
+def _evaluate(ctx: _Context, child: CausalLM, layers: Sequence[str]) -> dict[str, Any]:
+    from puzzle.child.assess import measure_latency
+
     (latency,) = measure_latency(child, ctx.library, layers, [ctx.scenario], repeats=ctx.cfg.latency_repeats)
-    return {"perplexity": quality.perplexity, "loss": quality.loss, "kl": kl, **latency.to_dict()}
+    return {**_quality(ctx, child), **latency.to_dict()}
 
 
 def _child(ctx: _Context, layers: Sequence[str], gkd: bool, need_model: bool) -> tuple[dict[str, Any], CausalLM | None]:
@@ -225,6 +231,23 @@ def _child(ctx: _Context, layers: Sequence[str], gkd: bool, need_model: bool) ->
     return record, child
 
 
+def _reference_row(ctx: _Context, parent_key: str) -> Row:
+    """The fair reference: the parent trained further (LM loss) on exactly the GKD tokens each child gets."""
+    from puzzle.child.reference import METHOD, train_reference
+
+    key = f"reference/{parent_key}"
+    if key not in ctx.store:
+        ctx.status(f"training the parent on the children's GKD tokens ({ctx.cfg.gkd.tokens}) for the reference row")
+        on_step = StepProgress(ctx.progress, "parent+tokens")
+        model, result = train_reference(
+            ctx.parent, ctx.gkd_rows, ctx.cfg.gkd, checkpoint_dir=ctx.out / "gkd" / "reference", on_step=on_step
+        )
+        on_step.finish()
+        ctx.store.put(key, {**_quality(ctx, model), "gkd_tokens": result.tokens})
+    record = ctx.store.get(key)
+    return Row.evaluated(1.0, METHOD, record, note="parent trained on the same GKD tokens")
+
+
 def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> list[Row]:
     from puzzle.child.export import export_point
 
@@ -244,20 +267,10 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
             target = ctx.out / "export" / f"puzzle-{round(budget * 100)}"
             export = method == "puzzle" and gkd
             exported = export and _exported(target, layers, ctx.cfg.gkd)
-            record, child = _child(ctx, layers, gkd, need_model=export and not exported)
+            fuse = export and ctx.cfg.fuse_max_kl is not None
+            record, child = _child(ctx, layers, gkd, need_model=(export and not exported) or fuse)
             name = f"{method}+gkd" if gkd else method
-            rows.append(
-                Row(
-                    budget,
-                    name,
-                    record["perplexity"],
-                    record["kl"],
-                    record["measured_ms"],
-                    record["predicted_ms"],
-                    tuple(layers),
-                    objective,
-                )
-            )
+            rows.append(Row.evaluated(budget, name, record, layers=tuple(layers), library_objective=objective))
             ctx.progress.advance("children")
             if export and exported:
                 exports[f"{budget:g}"] = str(target)
@@ -279,7 +292,34 @@ def _rows_for_budget(ctx: _Context, budget: float, exports: dict[str, str]) -> l
                     target=ctx.cfg.target,
                 )
                 exports[f"{budget:g}"] = str(target)
+            if fuse and child is not None:
+                rows.append(_fused_row(ctx, budget, layers, child))
     return rows
+
+
+def _fused_row(ctx: _Context, budget: float, layers: Sequence[str], child: CausalLM) -> Row:
+    """The Puzzle+GKD child with its attention-free FFN runs fused (``puzzle.child.fusion_plan``) while the KL to
+    the parent on GKD text stays within ``fuse_max_kl``: quality and latency measured like every row."""
+    from puzzle.child.assess import measure_latency
+    from puzzle.child.fusion_plan import FusionConfig, fuse_child
+
+    assert ctx.cfg.fuse_max_kl is not None
+    key = f"fused/{key_digest(ctx.library.digest(), list(layers), ctx.cfg.key(), ctx.scenario, ctx.cfg.fuse_max_kl)}"
+    if key not in ctx.store:
+        calib = ctx.gkd_rows[:32].reshape(-1)
+        config = FusionConfig(max_kl=ctx.cfg.fuse_max_kl, seq_len=min(128, ctx.cfg.gkd.seq_len))
+        try:
+            fused, report = fuse_child(child, calib, ctx.eval_tokens, config, parent=ctx.parent, scenarios=())
+            groups = [list(g) for g in report.groups]
+        except ConfigError as exc:  # no run of attention-free layers in this child
+            fused, groups = child, []
+            ctx.status(f"{budget:.0%} puzzle+gkd+fuse: {exc}")
+        (lat,) = measure_latency(fused, ctx.library, layers, [ctx.scenario], repeats=ctx.cfg.latency_repeats)
+        ctx.store.put(key, {**_quality(ctx, fused), **lat.to_dict(), "fused_groups": groups})
+    record = ctx.store.get(key)
+    groups = record["fused_groups"]
+    note = "fused " + ", ".join("+".join(map(str, g)) for g in groups) if groups else "nothing to fuse"
+    return Row.evaluated(budget, "puzzle+gkd+fuse", record, layers=tuple(layers), note=note)
 
 
 def _exported(target: Path, layers: Sequence[str], gkd: GKDConfig) -> bool:
@@ -303,6 +343,19 @@ def _summary(library: BlockLibrary, layers: Sequence[str]) -> str:
     return f"{kept} parent layers, {removed} removed, {len(layers) - kept - removed} changed"
 
 
+def evaluation_tokens(parent: CausalLM, held: np.ndarray, cfg: DemoConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(evaluation tokens, GKD validation tokens) of the held-out split: the validation slice is its last
+    ``eval_sequences`` rows (when the split holds twice that); evaluation takes, from the start of the rest, as
+    many rows as a +-1 % perplexity interval needs (at most all of them), chosen once on the parent so every
+    model is scored on the same sequences."""
+    from puzzle.child.evaluate import eval_token_count
+
+    n_val = cfg.eval_sequences * cfg.eval_seq_len + 1
+    val_tokens = held[-n_val:] if len(held) >= 2 * n_val else None
+    pool = held[:-n_val] if val_tokens is not None else held
+    return pool[: eval_token_count(parent, pool, cfg.eval_seq_len)], val_tokens
+
+
 def _context(
     cfg: DemoConfig,
     out: Path,
@@ -324,13 +377,13 @@ def _context(
     tokenizer = load_tokenizer(parent_dir)
     train_docs, held_docs = split_corpus(read_corpus(cfg.corpus), cfg.get_preset().train.held_out_fraction)
     held = cached_tokens(held_docs, tokenizer, "held_out", cache_dir)
-    n_eval = cfg.eval_sequences * cfg.eval_seq_len + 1
-    val_tokens = held[-n_eval:] if len(held) >= 2 * n_eval else None
+    eval_tokens, val_tokens = evaluation_tokens(parent, held, cfg)
     if val_tokens is None:
         status(f"held-out text too short for a validation slice ({len(held)} tokens): GKD results kept as trained")
+    status(f"evaluating on {len(eval_tokens) - 1} held-out tokens ({(len(eval_tokens) - 1) // cfg.eval_seq_len} rows)")
     gkd_rows = pack_tensor(cached_tokens(train_docs, tokenizer, "train", cache_dir), cfg.gkd.seq_len)
     store = ResultStore(out / "results")
-    return _Context(cfg, out, library, scenario, parent, held[:n_eval], val_tokens, gkd_rows, store, progress, status)
+    return _Context(cfg, out, library, scenario, parent, eval_tokens, val_tokens, gkd_rows, store, progress, status)
 
 
 def run_demo(
@@ -343,7 +396,6 @@ def run_demo(
 ) -> DemoResult:
     """Run (or finish) the whole demo into ``out_dir``; see the module docstring for the stages."""
     from puzzle.child.assess import measure_latency, predicted_cost
-    from puzzle.child.evaluate import evaluate
 
     cfg = config or DemoConfig()
     progress = progress or NullProgress()
@@ -375,10 +427,9 @@ def run_demo(
     parent_key = f"parent/{key_digest(library.digest(), cfg.key(), scenario)}"
     if parent_key not in ctx.store:
         (lat,) = measure_latency(ctx.parent, library, parent_names, [scenario], repeats=cfg.latency_repeats)
-        quality = evaluate(ctx.parent, ctx.eval_tokens, cfg.eval_seq_len)
-        ctx.store.put(parent_key, {"perplexity": quality.perplexity, **lat.to_dict()})
+        ctx.store.put(parent_key, {**_quality(ctx, ctx.parent), **lat.to_dict()})
     p = ctx.store.get(parent_key)
-    rows = [Row(1.0, "parent", p["perplexity"], 0.0, p["measured_ms"], p["predicted_ms"], tuple(parent_names))]
+    rows = [Row.evaluated(1.0, "parent", p, layers=tuple(parent_names)), _reference_row(ctx, parent_key)]
     progress.start("children", len(cfg.budgets) * len(cfg.methods) * 2)
     exports: dict[str, str] = {}
     for budget in cfg.budgets:

@@ -22,6 +22,29 @@ class Row:
     layers: tuple[str, ...] = ()
     library_objective: float | None = None
     note: str = ""
+    perplexity_ci: tuple[float, float] | None = None  # 95 % bootstrap interval over held-out sequences
+    kl_ci: tuple[float, float] | None = None
+    top1_agreement: float | None = None  # share of tokens whose most likely next token is the parent's
+    scores: dict[str, Any] | None = None  # per-sequence scores (SequenceScores.to_dict()): paired comparisons
+
+    @classmethod
+    def evaluated(cls, budget: float, method: str, record: dict[str, Any], **fields: Any) -> Row:
+        """A row from an evaluation record (``SequenceScores.summary()`` fields + latency + ``scores``)."""
+        ci = record.get("perplexity_ci")
+        kl_ci = record.get("kl_ci")
+        return cls(
+            budget,
+            method,
+            record["perplexity"],
+            record.get("kl"),
+            record.get("measured_ms"),
+            record.get("predicted_ms"),
+            perplexity_ci=None if ci is None else (ci[0], ci[1]),
+            kl_ci=None if kl_ci is None else (kl_ci[0], kl_ci[1]),
+            top1_agreement=record.get("top1_agreement"),
+            scores=record.get("scores"),
+            **fields,
+        )
 
     @property
     def latency_error_pct(self) -> float | None:
@@ -31,6 +54,15 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers), "latency_error_pct": self.latency_error_pct}
+
+    def comparison(self, other: Row) -> Any:
+        """The paired comparison of this row's perplexity with ``other``'s over the same sequences (None without
+        scores): ``.verdict`` is ``win`` only when this row is significantly better, ``tie`` when not significant."""
+        from puzzle.child.evaluate import SequenceScores, compare
+
+        if not self.scores or not other.scores:
+            return None
+        return compare(SequenceScores.from_dict(self.scores), SequenceScores.from_dict(other.scores), "nll")
 
 
 @dataclass(frozen=True)
@@ -63,17 +95,20 @@ def write_report(path: Path, result: DemoResult) -> None:
 def format_table(rows: Sequence[Row]) -> str:
     """The report as a fixed-width text table."""
     lines = [
-        f"{'budget':>6}  {'method':<12} {'perplexity':>10} {'KL':>8} {'measured ms':>11} {'predicted ms':>12} {'err %':>6}"
+        f"{'budget':>6}  {'method':<13} {'perplexity':>10} {'95 % interval':>17} {'KL':>8} {'top-1':>6} "
+        f"{'measured ms':>11} {'predicted ms':>12} {'err %':>6}"
     ]
     for r in rows:
 
         def num(v: float | None, fmt: str) -> str:
             return format(v, fmt) if v is not None else "-"
 
+        ci = f"[{r.perplexity_ci[0]:.2f}, {r.perplexity_ci[1]:.2f}]" if r.perplexity_ci else "-"
         lines.append(
-            f"{r.budget:>6.0%}  {r.method:<12} {num(r.perplexity, '10.3f')} {num(r.kl, '8.4f')} "
-            f"{num(r.measured_latency_ms, '11.3f')} {num(r.predicted_latency_ms, '12.3f')} "
-            f"{num(r.latency_error_pct, '+6.1f')}" + (f"  {r.note}" if r.note else "")
+            f"{r.budget:>6.0%}  {r.method:<13} {num(r.perplexity, '10.3f')} {ci:>17} {num(r.kl, '8.4f')} "
+            f"{num(r.top1_agreement, '6.3f')} {num(r.measured_latency_ms, '11.3f')} "
+            f"{num(r.predicted_latency_ms, '12.3f')} {num(r.latency_error_pct, '+6.1f')}"
+            + (f"  {r.note}" if r.note else "")
         )
     return "\n".join(lines)
 
@@ -106,7 +141,7 @@ def write_frontier_html(
         col=1,
     )
     for method in sorted({r.method for r in rows}):
-        mine = [r for r in rows if r.method == method and r.perplexity is not None]
+        mine = [r for r in rows if r.method == method and r.perplexity is not None and r.predicted_latency_ms]
         if not mine:
             continue
         if not method.endswith("+gkd") and method != "parent":

@@ -98,6 +98,13 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path) -> None:
         assert list(child.arch.blocks) == specs
     assert len(result.exports) == len(cfg.budgets)
     assert "puzzle+gkd" in format_table(result.rows)
+    # every row carries intervals and per-sequence scores on the same sequences; the reference row is there
+    reference = next(r for r in result.rows if r.method == "parent+tokens")
+    puzzle_row = next(r for r in result.rows if r.method == "puzzle+gkd")
+    for r in (reference, puzzle_row):
+        assert r.perplexity_ci is not None and r.perplexity_ci[0] <= r.perplexity <= r.perplexity_ci[1]
+        assert 0.0 <= r.top1_agreement <= 1.0
+    assert puzzle_row.comparison(reference).verdict in ("win", "tie", "loss")
 
     again = RecordingProgress()
     second = run_demo(out, cfg, progress=again)
@@ -110,7 +117,9 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path) -> None:
     path = result.exports[f"{cfg.budgets[1]:g}"]
     tok = load_tokenizer(out / "parent")
     _, held = split_corpus(read_corpus(cfg.corpus), 0.2)
-    tokens = cached_tokens(held, tok, "held_out")[: cfg.eval_sequences * cfg.eval_seq_len + 1]
+    from puzzle.pipeline.demo import evaluation_tokens
+
+    tokens, _ = evaluation_tokens(load_pretrained(out / "parent"), cached_tokens(held, tok, "held_out"), cfg)
     row = next(r for r in result.rows if r.method == "puzzle+gkd" and r.budget == cfg.budgets[1])
     torch.manual_seed(0)
     assert evaluate(load_pretrained(path), tokens, cfg.eval_seq_len).perplexity == pytest.approx(
