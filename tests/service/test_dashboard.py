@@ -158,6 +158,11 @@ def test_pipeline_job_page_shows_its_four_stages(settings: Settings, pg_url: str
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(f"{base}/#/jobs/{job_id}")
         page.wait_for_selector("#job-stages tr[data-stage='library']")
+        # the rows render as "waiting" first and fill in as the job's events arrive: wait for them
+        page.wait_for_function(
+            "() => document.querySelector(\"#job-stages tr[data-stage='library'] .stage-text\")"
+            "?.textContent !== 'waiting'"
+        )
         rows = {
             r.get_attribute("data-stage"): r.inner_text().split("\t") for r in page.query_selector_all("#job-stages tr")
         }
