@@ -34,13 +34,25 @@ def run_search_job(ctx: JobContext) -> dict[str, Any]:
         row = crud.get_library(session, library_id=int(ctx.spec["library_id"]))
         library = library_store.load(ctx.settings.artifacts, row.path, row.digest)
     ctx.check()
-    # TODO(pool resume, issue 13 item 6): a re-run of a diverse job recomputes the solutions an interrupted run
-    # had found. The pool can resume (``puzzle.search.pool.diverse_solutions(previous=...)``, the hygiene
-    # branch), but ``puzzle.search.run_search`` neither passes ``previous`` through nor hands each new Solution
-    # to its sink (``on_solution(found, n)`` gives counts only). Once it does: log each solution's ``choices``
-    # as a ``solution`` event here (``ctx.log``), and on a re-run pass the job's earlier ``solution`` events
-    # (``crud.list_events``) back as ``previous``.
-    return run_search(library, SearchRequest.from_dict(ctx.spec), progress=ctx, check=ctx.check).to_dict()
+    request = SearchRequest.from_dict(ctx.spec)
+    # a diverse pool is persisted as it grows (one ``solution`` event per solution) and a re-run of the job
+    # continues from the solutions an interrupted attempt had found
+    previous = _found_solutions(ctx) if request.mode == "diverse" else []
+
+    def found(solution: Any) -> None:
+        ctx.log(SOLUTION_EVENT, choices=[int(j) for j in solution.choices])
+
+    return run_search(library, request, progress=ctx, check=ctx.check, previous=previous, on_new=found).to_dict()
+
+
+SOLUTION_EVENT = "solution"
+
+
+def _found_solutions(ctx: JobContext) -> list[list[int]]:
+    """The choices of the solutions earlier attempts of this job logged, in order."""
+    with ctx.sessions() as session:
+        events = crud.list_events(session, job_id=ctx.job_id, limit=100_000)
+    return [e.data["choices"] for e in events if e.type == "log" and e.data.get("message") == SOLUTION_EVENT]
 
 
 def run_pipeline_job(ctx: JobContext) -> dict[str, Any]:

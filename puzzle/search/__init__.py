@@ -82,11 +82,22 @@ def diverse(
     scenario: str | None = None,
     solver: str | Solver | None = None,
     on_solution: Callable[[int, int], None] | None = None,
+    previous: Sequence[Solution | Sequence[int]] = (),
+    on_new: Callable[[Solution], None] | None = None,
 ) -> list[Solution]:
     from puzzle.search.pool import diverse_solutions
 
     return diverse_solutions(
-        library, objective, constraints, n, d, scenario=scenario, solver=solver, on_solution=on_solution
+        library,
+        objective,
+        constraints,
+        n,
+        d,
+        scenario=scenario,
+        solver=solver,
+        on_solution=on_solution,
+        previous=previous,
+        on_new=on_new,
     )
 
 

@@ -31,13 +31,15 @@ def diverse_solutions(
     solver: str | Solver | None = None,
     on_solution: Callable[[int, int], None] | None = None,
     previous: Sequence[Solution | Sequence[int]] = (),
+    on_new: Callable[[Solution], None] | None = None,
 ) -> list[Solution]:
     """Up to ``n`` solutions, pairwise at least ``d`` layers apart; ``on_solution(found, n)`` after each new one
     (it may raise to stop the search, e.g. on a cancelled job).
 
     ``previous``: the solutions (or their ``choices``) an interrupted run of the same request had already
     found, in order; they are re-verified against this problem and the pool continues after them instead of
-    recomputing them.
+    recomputing them. ``on_new(solution)`` is called with each solution found here (not the resumed ones), so a
+    caller can persist the pool as it grows.
     """
     if n < 1:
         raise ConfigError(f"the number of solutions must be at least 1, got {n}")
@@ -49,6 +51,8 @@ def diverse_solutions(
     pool = _resumed(problem, previous, n, d)
     if not pool:
         pool.append(solve_problem(problem, solver))  # the optimum (default: the exact dp)
+        if on_new is not None:
+            on_new(pool[-1])
         if on_solution is not None:
             on_solution(1, n)
     backend = get_solver(solver if solver not in (None, "dp") else DEFAULT_DIVERSE_SOLVER)
@@ -60,6 +64,8 @@ def diverse_solutions(
             pool.append(backend.solve(cut))
         except InfeasibleError:
             break
+        if on_new is not None:
+            on_new(pool[-1])
         if on_solution is not None:
             on_solution(len(pool), n)
     return pool

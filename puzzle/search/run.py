@@ -11,7 +11,7 @@ totals, the points), with ``check()`` between them (a job's cancel check).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +64,13 @@ def run_search(
     progress: ProgressSink | None = None,
     check: Callable[[], None] = _no_check,
     points: bool = True,
+    previous: Sequence[Sequence[int]] = (),
+    on_new: Callable[[Solution], None] | None = None,
 ) -> SearchResult:
     """Run ``request`` over ``library`` (see the module docstring). ``points=False`` leaves a frontier's points
-    unbuilt (totals and summaries of every point: a caller that only reads ``frontier`` saves that time)."""
+    unbuilt (totals and summaries of every point: a caller that only reads ``frontier`` saves that time).
+    ``previous`` / ``on_new``: a diverse pool resumes from the choices an interrupted run had found, and reports
+    each solution it finds itself (``puzzle.search.pool.diverse_solutions``)."""
     from puzzle import search
 
     progress = progress or NullProgress()
@@ -85,6 +89,8 @@ def run_search(
         solutions: tuple[Solution, ...] = (solution,)
     elif r.mode == "diverse":
         progress.start("diverse", r.n)
+        if previous:
+            progress.advance("diverse", min(len(previous), r.n))
         solutions = tuple(
             search.diverse(
                 library,
@@ -95,6 +101,8 @@ def run_search(
                 scenario=r.scenario,
                 solver=r.solver,
                 on_solution=lambda _found, _total: progress.advance("diverse"),
+                previous=previous,
+                on_new=on_new,
             )
         )
         progress.finish("diverse")  # the pool may run out of architectures d layers apart before n

@@ -265,3 +265,25 @@ def test_search_result_shape_for_solve_and_diverse(settings: Settings, small_lib
         for b in diverse["points"]:
             if a is not b:
                 assert sum(x != y for x, y in zip(a["choices"], b["choices"], strict=True)) >= 2
+
+
+def test_a_rerun_diverse_job_continues_from_the_solutions_it_had_logged(
+    client: TestClient, settings: Settings, small_library: dict
+) -> None:
+    """Each pool member is logged as found; a re-queued job passes them back and computes only the rest."""
+    from puzzle import search
+
+    reference = search.diverse(make_library(), "kl_div", ["num_params<=80%"], 4, 2)
+    assert len(reference) == 4
+    spec = search_job(small_library["id"], mode="diverse", n=4, d=2, constraints=["num_params<=80%"])
+    with db.session_scope(_sessions(settings)) as session:  # queued, with what an interrupted attempt had logged
+        job_id = crud.submit_job(session, kind="search", spec=spec, library_id=small_library["id"], max_attempts=3)[
+            0
+        ].id
+        for s in reference[:2]:
+            crud.log(session, job_id=job_id, message="solution", data={"choices": list(s.choices)})
+    assert Worker(settings, worker_id="w-resume").run_once() == job_id
+    result = client.get(f"/api/v1/jobs/{job_id}/result").json()
+    assert [p["choices"] for p in result["points"]] == [list(s.choices) for s in reference]
+    logged = [e["data"]["choices"] for e in _events(client, job_id) if e["data"].get("message") == "solution"]
+    assert logged == [list(s.choices) for s in reference]  # the two resumed, then only the two new ones
