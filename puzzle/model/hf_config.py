@@ -376,7 +376,13 @@ def _nemotron_h_config(arch: ArchSpec, common: dict[str, Any]) -> dict[str, Any]
     ffn = first["mlp"].ffn if "mlp" in first else FFNSpec(intermediate_size=4 * arch.hidden_size)
     cfg |= {"intermediate_size": ffn.intermediate_size, "mlp_bias": ffn.bias}
     m = first["mamba"].mamba if "mamba" in first else MambaSpec(n_heads=1, head_dim=8, d_state=8)
-    cfg |= {
+    cfg |= mamba_config_keys(m) | {"expand": max(1, m.d_inner // arch.hidden_size)}
+    return cfg
+
+
+def mamba_config_keys(m: MambaSpec) -> dict[str, Any]:
+    """A Mamba-2 mixer's sizes under Nemotron-H's config key names (plain configs and per-block entries)."""
+    return {
         "mamba_num_heads": m.n_heads,
         "mamba_head_dim": m.head_dim,
         "n_groups": m.n_groups,
@@ -387,6 +393,4 @@ def _nemotron_h_config(arch: ArchSpec, common: dict[str, Any]) -> dict[str, Any]
         "use_bias": m.proj_bias,
         "mamba_proj_bias": m.proj_bias,
         "time_step_min": m.time_step_limit[0],
-        "expand": max(1, m.d_inner // arch.hidden_size),
     }
-    return cfg

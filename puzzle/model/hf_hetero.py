@@ -25,6 +25,7 @@ from puzzle.model.hf_config import (
     _rope_config,
     _rope_from_config,
     check_nemotron_activations,
+    mamba_config_keys,
     nemotron_h_arch,
     nemotron_h_block,
 )
@@ -143,19 +144,7 @@ def kept_layers(arch: ArchSpec) -> list[int]:
 
 def _mamba_keys(block: BlockSpec) -> dict[str, Any]:
     m = block.mamba
-    return {
-        "mamba_num_heads": m.n_heads,
-        "mamba_head_dim": m.head_dim,
-        "n_groups": m.n_groups,
-        "ssm_state_size": m.d_state,
-        "conv_kernel": m.conv_kernel,
-        "chunk_size": m.chunk_size,
-        "use_conv_bias": m.conv_bias,
-        "use_bias": m.proj_bias,
-        "mamba_proj_bias": m.proj_bias,
-        "time_step_min": m.time_step_limit[0],
-        "time_step_limit": [m.time_step_limit[0], min(m.time_step_limit[1], NO_DT_LIMIT)],
-    }
+    return mamba_config_keys(m) | {"time_step_limit": [m.time_step_limit[0], min(m.time_step_limit[1], NO_DT_LIMIT)]}
 
 
 def _attention_keys(block: BlockSpec) -> dict[str, Any]:
