@@ -191,6 +191,17 @@ def is_held_out(name: str, held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION)
     return _bucket(name) < held_out_fraction
 
 
+def split_problem(train: Corpus, held: Corpus, held_out_fraction: float) -> str | None:
+    """Why a (train, held-out) split of ``split_corpus`` cannot feed training and evaluation (None when it can)."""
+    if held.documents and train.documents:
+        return None
+    which = "held-out" if not held.documents else "training"
+    return (
+        f"the corpus has no {which} text at held_out_fraction={held_out_fraction:g} (train "
+        f"{len(train.documents)}, held out {len(held.documents)} documents)"
+    )
+
+
 def split_corpus(corpus: Corpus, held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION) -> tuple[Corpus, Corpus]:
     """(train, held-out) by document name; by chunks of lines when too few documents leave a side empty.
 

@@ -21,15 +21,12 @@ if TYPE_CHECKING:
 
 
 def _token_rows(config: BuildConfig, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    from puzzle.data import cached_tokens, pack_tensor, read_corpus, split_corpus, tokenizer_hash
+    from puzzle.data import cached_tokens, pack_tensor, read_corpus, split_corpus, split_problem, tokenizer_hash
 
     corpus = read_corpus(config.corpus)
     train_docs, held_docs = split_corpus(corpus, config.held_out_fraction)
-    if not held_docs.documents:
-        raise DataError(
-            f"the corpus has no held-out documents at held_out_fraction={config.held_out_fraction}; "
-            "use a larger corpus or a larger fraction"
-        )
+    if (problem := split_problem(train_docs, held_docs, config.held_out_fraction)) is not None:
+        raise DataError(f"{problem}; use a larger corpus or a larger fraction")
     # the data module's token cache: shared with parent training (keyed by corpus and tokenizer)
     train = pack_tensor(cached_tokens(train_docs, tokenizer, "train"), config.seq_len)
     held = pack_tensor(cached_tokens(held_docs, tokenizer, "held_out"), config.seq_len)

@@ -210,21 +210,15 @@ def input_problems(
 def corpus_problem(path: Path, held_out_fraction: float) -> str | None:
     """Why the library stage could not use the corpus at ``path``: the same reading and split it does
     (``puzzle.data.read_corpus`` / ``split_corpus``), needing training and held-out text both."""
-    from puzzle.data import read_corpus, split_corpus
+    from puzzle.data import read_corpus, split_corpus, split_problem
     from puzzle.errors import DataError
 
     try:
         train, held = split_corpus(read_corpus(path), held_out_fraction)
     except DataError as exc:
         return str(exc)
-    if not held.documents or not train.documents:
-        which = "held-out" if not held.documents else "training"
-        return (
-            f"the corpus has no {which} text at held_out_fraction={held_out_fraction:g} (train "
-            f"{len(train.documents)}, held out {len(held.documents)} documents): add files or set "
-            "build.held_out_fraction"
-        )
-    return None
+    problem = split_problem(train, held, held_out_fraction)
+    return None if problem is None else f"{problem}: add files or set build.held_out_fraction"
 
 
 def parent_layers(parent: str, parents: Path) -> int | None:
