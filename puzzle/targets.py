@@ -220,20 +220,18 @@ def with_loadability(library: Any, target: str) -> Any:
     A search bounds it at 0 (``<name> <= 0``), so every backend, the frontier and the pools leave those
     variants out without knowing about targets, and choices keep the library's indices.
     """
-    from dataclasses import replace as _replace
-
     key = loadability_key(target)
     bad = unloadable_variants(library, target)
     layers = tuple(
-        _replace(
+        replace(
             layer,
             variants=tuple(
-                _replace(v, costs={**v.costs, key: float((layer.index, v.name) in bad)}) for v in layer.variants
+                replace(v, costs={**v.costs, key: float((layer.index, v.name) in bad)}) for v in layer.variants
             ),
         )
         for layer in library.layers
     )
-    return _replace(library, layers=layers, non_block_costs={**library.non_block_costs, key: 0.0})
+    return replace(library, layers=layers, non_block_costs={**library.non_block_costs, key: 0.0})
 
 
 def restrict_space(space: SearchSpace, target: str, arch: ArchSpec) -> SearchSpace:
