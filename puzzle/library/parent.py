@@ -7,7 +7,7 @@ Layout under ``WORK/parent`` (written once by ``write_parent``, layer by layer, 
     nonblock.safetensors   embedding, final norm and LM head (``embed_tokens.weight``, ``norm.weight``, ...)
     meta.json              ``{"digest", "arch", "dtype"}``, written last
 
-A task loads only what it needs: ``ParentPrefix`` (embedding + layers 0..i) for distillation and scoring inputs,
+A task loads only what it needs: ``ParentPrefix`` (embedding + layers 0..i, the earlier ones held or read per batch) for distillation inputs,
 ``load_parent_model`` when the whole parent must run (profiling the assembled parent). The digest is
 ``distill.state_digest`` of the parent's state dict (what ``assemble.load_parent`` checks a parent against),
 computed from the written files one tensor at a time.
@@ -16,6 +16,7 @@ computed from the written files one tensor at a time.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -195,24 +196,65 @@ def load_nonblock(
 
 
 class ParentPrefix(nn.Module):
-    """Embedding + parent layers ``0..upto`` (inclusive): the inputs and output of layer ``upto`` for token ids."""
+    """Embedding + parent layers ``0..upto`` (inclusive): the inputs and output of layer ``upto`` for token ids.
 
-    def __init__(self, work: str | Path, arch: ArchSpec, upto: int, *, device: str = "cpu", dtype=None) -> None:
+    ``resident_bytes`` bounds the earlier layers kept in memory (``None``: all of them): layers ``0..k`` stay while
+    their tensors fit, the rest are read from their files (the page cache, after the first batch) for every
+    forward and dropped after use, so the task's memory grows with one layer, not with the depth of ``upto``.
+    Both ways compute the same activations, bit for bit. Layer ``upto`` itself is always held (``self.last``).
+    """
+
+    def __init__(
+        self,
+        work: str | Path,
+        arch: ArchSpec,
+        upto: int,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        resident_bytes: int | None = None,
+    ) -> None:
         super().__init__()
+        self.work, self.arch, self.device, self.dtype = Path(work), arch, device, dtype
         self.embed_tokens = load_nonblock(work, arch, device=device, dtype=dtype).embed_tokens
-        self.blocks = nn.ModuleList(
-            load_parent_block(work, arch, i, device=device, dtype=dtype) for i in range(upto + 1)
-        )
+        self.blocks = nn.ModuleList()  # the resident earlier layers 0..len(blocks)-1
+        budget = math.inf if resident_bytes is None else resident_bytes
+        for i in range(upto):
+            size = _stored_bytes(work, i, dtype)
+            if size > budget:
+                break
+            budget -= size
+            self.blocks.append(load_parent_block(work, arch, i, device=device, dtype=dtype))
+        self.streamed = range(len(self.blocks), upto)  # loaded per forward
+        self.last = load_parent_block(work, arch, upto, device=device, dtype=dtype)
         self.requires_grad_(False)
         self.eval()
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, T) -> 2 x (B, T, C)
-        """(input, output) of the last layer held, in fp32."""
+        """(input, output) of layer ``upto``, in fp32."""
         h = self.embed_tokens(ids)
-        for block in self.blocks[:-1]:
+        for block in self.blocks:
             h = block(h)
-        return h.float(), self.blocks[-1](h).float()
+        for i in self.streamed:
+            h = load_parent_block(self.work, self.arch, i, device=self.device, dtype=self.dtype)(h)
+        return h.float(), self.last(h).float()
+
+
+def _stored_bytes(work: str | Path, layer: int, dtype: torch.dtype | None) -> int:
+    """Bytes of parent layer ``layer``'s tensors once loaded (in ``dtype`` when given), from its file's header."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(parent_dir(work) / f"block{layer}.safetensors"), "pt") as f:
+        for name in f.keys():  # noqa: SIM118
+            sl = f.get_slice(name)
+            itemsize = dtype.itemsize if dtype is not None else _DTYPE_BYTES[sl.get_dtype()]
+            total += math.prod(sl.get_shape()) * itemsize
+    return total
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def load_parent_model(work: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:

@@ -7,7 +7,8 @@ one optimizer step of every unit on that batch:
 
     loss_u = NMSE(child_u(h) - h, y - h)        for every unit u of layer i, same (h, y)
 
-Memory is the prefix + the children + one batch of activations, whatever the token budget; nothing is cached on
+Memory is the embedding, the earlier layers that fit ``resident_mb`` (the others are read per batch), layer i, the
+children and one batch of activations, whatever the token budget and however deep layer i is; nothing is cached on
 disk but the token ids. Every unit draws the same row sequence (one generator, the config's seed), so a unit trains
 exactly as it would alone. A unit whose training did not lower its objective on a fixed probe of training rows is
 retried at a tenth of the rate, and keeps its initialisation if that does not help either (``kept_init``).
@@ -177,11 +178,13 @@ def bld_layer_task(
     cfg: dict[str, Any],
     device: str = "cpu",
     dtype: str | None = None,
+    resident_mb: float | None = None,
 ) -> dict[str, Any]:
     """Train every pending unit ``(key, changes)`` of ``layer`` on one stream of parent activations (a worker task).
 
     ``data_file``: safetensors with ``ids`` (N, T), the distillation token rows. ``dtype``: the parent prefix's
-    compute dtype (default: as stored); children train in fp32. Each finished unit is stored under its key in
+    compute dtype (default: as stored); children train in fp32. ``resident_mb``: the earlier parent layers kept in
+    memory (``None``: all); the rest are read per batch (``ParentPrefix``). Each finished unit is stored under its key in
     ``work/results``; returns ``{"layer", "units", "seconds", "tokens", "prefix_forwards"}``.
     """
     from safetensors.torch import load_file
@@ -195,7 +198,9 @@ def bld_layer_task(
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     arch = load_parent_arch(work)
-    prefix = ParentPrefix(work, arch, layer, device=device, dtype=getattr(torch, dtype) if dtype else None)
+    resident = None if resident_mb is None else int(resident_mb * 2**20)
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    prefix = ParentPrefix(work, arch, layer, device=device, dtype=torch_dtype, resident_bytes=resident)
     ids = load_file(data_file)["ids"]
     train, val = _split(ids.shape[0], config.val_fraction)
     stream = _Stream(prefix, ids, device, config.batch)
@@ -203,7 +208,7 @@ def bld_layer_task(
     val_acts = stream.chunks(torch.arange(val.start, val.stop))
     probe_acts = stream.chunks(torch.arange(min(PROBE_ROWS, n_train)))
     h_calib = stream(torch.arange(min(CALIB_ROWS, n_train)))[0]
-    parent_block = copy.deepcopy(prefix.blocks[layer]).float()  # the prefix keeps its dtype
+    parent_block = copy.deepcopy(prefix.last).float()  # the prefix keeps its dtype
     pending = [_make_unit(k, c, arch, parent_block, layer, h_calib, config) for k, c in todo]
     for u in pending:
         u.child.to(device)

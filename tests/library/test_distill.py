@@ -102,3 +102,65 @@ def test_bld_lowers_nmse_and_stores_composable_subblocks(tmp_path) -> None:
     with torch.no_grad():
         out = block(h_in)
     assert out.shape == h_out.shape
+
+
+def test_prefix_read_per_batch_computes_what_the_resident_prefix_does(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = CausalLM(small_llama(n_layers=4)).eval()
+    work = tmp_path / "work"
+    write_parent_blocks(model, work)
+    ids = _ids(4, 16)
+    resident = ParentPrefix(work, model.arch, 3)
+    one_layer = sum(t.numel() * t.element_size() for t in model.blocks[0].state_dict().values())
+    for budget, held in ((0, 0), (one_layer, 1), (2 * one_layer + 1, 2)):
+        streamed = ParentPrefix(work, model.arch, 3, resident_bytes=budget)
+        assert len(streamed.blocks) == held and list(streamed.streamed) == list(range(held, 3))
+        for a, b in zip(streamed(ids), resident(ids), strict=True):
+            assert torch.equal(a, b)
+    # a BLD task with no resident layers trains bit-identical units
+    save_tensors(tmp_path / "ids.safetensors", {"ids": _ids(n=24)})
+    cfg = BLDConfig(tokens=1024, lr=3e-4, batch=4).to_dict()
+    units = _units(3, {"ffn": FFNSpec(intermediate_size=64)})
+    records = []
+    for name, mb in (("held", None), ("read", 0.0)):
+        w = tmp_path / name
+        write_parent_blocks(model, w)
+        bld_layer_task(str(w), str(tmp_path / "ids.safetensors"), 3, units, cfg, resident_mb=mb)
+        records.append(ResultStore(w / "results").get(units[0][0]))
+    assert records[0]["files"] == records[1]["files"] and records[0]["nmse_final"] == records[1]["nmse_final"]
+
+
+def test_streamed_bld_matches_training_on_a_full_activation_cache(tmp_path) -> None:
+    """The builder before streaming cached every row's layer activations once and trained on slices of that cache;
+    streaming recomputes them per batch. Same rows, same init, same schedule: the same unit, within float noise."""
+    from puzzle.library import stream
+
+    model, ids = _parent(), _ids(n=40)
+    work = tmp_path / "work"
+    write_parent_blocks(model, work)
+    cfg = BLDConfig(tokens=4096, lr=3e-4, batch=4)
+    layer, changes = 1, {"ffn": FFNSpec(intermediate_size=64).to_dict()}
+    prefix = ParentPrefix(work, model.arch, layer)
+    train, val = stream._split(ids.shape[0], cfg.val_fraction)
+
+    class Cached:  # every row's (input, output) computed once and held, as the old activation cache did
+        def __init__(self) -> None:
+            self.h, self.y = prefix(ids)
+
+        def __call__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.h[rows], self.y[rows]
+
+    sources = {"streamed": stream._Stream(prefix, ids, "cpu", cfg.batch), "cached": Cached()}
+    val_acts = sources["streamed"].chunks(torch.arange(val.start, val.stop))
+    h_calib = prefix(ids[: stream.CALIB_ROWS])[0]
+    steps = 4096 // (cfg.batch * ids.shape[1])
+    results = {}
+    for name, source in sources.items():
+        unit = stream._make_unit("u", changes, model.arch, model.blocks[layer], layer, h_calib, cfg)
+        before = stream._nmse(unit.child, val_acts)
+        stream._train([unit], source, train.stop, steps, cfg.lr, cfg, stream.nullcontext())
+        results[name] = (before, stream._nmse(unit.child, val_acts), unit.losses)
+    (b_s, a_s, l_s), (b_c, a_c, l_c) = results["streamed"], results["cached"]
+    assert b_s == b_c and a_s < 0.9 * b_s  # same init; training helped
+    assert abs(a_s - a_c) <= 1e-3 * a_c  # the same trained unit, within float noise
+    assert max(abs(x - y) for x, y in zip(l_s, l_c, strict=True)) <= 1e-3
