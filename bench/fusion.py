@@ -1,7 +1,7 @@
 """FFN Fusion on children with attention removed in runs: fused vs unfused latency, perplexity and KL.
 
     python bench/fusion.py [--out runs/fusion] [--steps 150] [--child-gkd-tokens N] [--gkd-tokens N] [--max-kl X]
-                           [--settings all,all+gkd,greedy] [--threads 1]
+                           [--settings all,all+gkd,greedy] [--threads 1] [--parents bench|demo]
 
 For two small parents (an 8-layer Llama and a 10-layer hybrid ``M-M*-M-M*-``, hidden 128, trained here for
 ``--steps`` on a few standard-library packages, reused when present) it builds a child with the mixers of
@@ -10,7 +10,8 @@ some consecutive layers removed (Llama: attention of layers 3-6; hybrid: layers 
 runs ``puzzle.child.fusion_plan.fuse_child`` three ways: every pair fused, every pair fused + GKD, and greedy
 within ``--max-kl`` (KL to the unfused child on calibration tokens). Prints per setting: fused groups, held-out
 perplexity and KL to the parent before / after, measured latency per scenario (the profiler's default CPU
-scenarios) and the fused blocks' time vs their members'. Results go to ``OUT/fusion.json``.
+scenarios) and the fused blocks' time vs their members'. ``--parents demo`` uses the demo's presets instead
+(``tiny-llama``, ``tiny-hybrid``: hidden 256, the same layers' mixers dropped). Results go to ``OUT/fusion.json``.
 """
 
 from __future__ import annotations
@@ -35,15 +36,23 @@ from puzzle.child.gkd import GKDConfig, run_gkd
 from puzzle.data import cached_tokens, load_tokenizer, pack_tensor, read_corpus, split_corpus
 from puzzle.files import write_json
 from puzzle.model import CausalLM, load_pretrained
-from puzzle.presets import Preset, TrainConfig, tiny_hybrid, tiny_llama
+from puzzle.presets import PRESETS, Preset, TrainConfig, tiny_hybrid, tiny_llama
 from puzzle.train import train_parent
 
 SEQ_LEN = 128
 
 
-def presets(steps: int) -> dict[str, tuple[Preset, tuple[int, ...]]]:
-    """name -> (parent preset, layers whose mixers the child drops)."""
-    train = TrainConfig(steps=steps, batch_size=8, seq_len=SEQ_LEN, lr=3e-3, warmup_steps=15, held_out_fraction=0.1)
+def presets(steps: int | None, parents: str = "bench") -> dict[str, tuple[Preset, tuple[int, ...]]]:
+    """name -> (parent preset, layers whose mixers the child drops). ``parents="demo"``: the demo's own presets
+    (``tiny-llama`` and ``tiny-hybrid``, hidden 256, their own training settings unless ``steps`` is given)."""
+    if parents == "demo":
+        return {
+            "llama": (_with_steps(PRESETS["tiny-llama"], steps), (3, 4, 5, 6)),
+            "hybrid": (_with_steps(PRESETS["tiny-hybrid"], steps), (2, 3, 7, 8)),
+        }
+    train = TrainConfig(
+        steps=steps or 150, batch_size=8, seq_len=SEQ_LEN, lr=3e-3, warmup_steps=15, held_out_fraction=0.1
+    )
     llama = Preset(
         "fusion-llama", "8-layer Llama, hidden 128",
         lambda v: tiny_llama(v, hidden=128, n_layers=8, n_heads=4, n_kv_heads=2, intermediate=384),
@@ -58,6 +67,10 @@ def presets(steps: int) -> dict[str, tuple[Preset, tuple[int, ...]]]:
         vocab_size=2048, train=train,
     )  # fmt: skip
     return {"llama": (llama, (3, 4, 5, 6)), "hybrid": (hybrid, (2, 3, 7, 8))}
+
+
+def _with_steps(preset: Preset, steps: int | None) -> Preset:
+    return preset if steps is None else replace(preset, train=replace(preset.train, steps=steps))
 
 
 def drop_mixers(model: CausalLM, layers: tuple[int, ...]) -> CausalLM:
@@ -80,7 +93,7 @@ def log(message: str) -> None:
 
 def run_preset(name: str, args: argparse.Namespace, corpus: Path) -> dict[str, Any]:
     """Train (or reuse) the parent, build and heal the child, fuse it three ways; returns the rows."""
-    preset, layers = presets(args.steps)[name]
+    preset, layers = presets(args.steps, args.parents)[name]
     out = Path(args.out) / name
 
     def on_step(info: Any) -> None:
@@ -152,7 +165,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/fusion")
-    parser.add_argument("--steps", type=int, default=150, help="parent training steps")
+    parser.add_argument("--steps", type=int, default=None, help="parent training steps (default 150; demo: preset's)")
     parser.add_argument("--child-gkd-tokens", type=int, default=65536, help="GKD of the unfused child first")
     parser.add_argument("--gkd-tokens", type=int, default=65536, help="GKD after fusing every pair")
     parser.add_argument("--max-kl", type=float, default=0.02, help="bound of the greedy setting")
@@ -160,6 +173,10 @@ def main() -> int:
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency measurement")
     parser.add_argument("--presets", default="llama,hybrid")
+    parser.add_argument(
+        "--parents", choices=("bench", "demo"), default="bench",
+        help="bench: hidden-128 parents; demo: the demo's tiny-llama / tiny-hybrid presets (hidden 256)",
+    )  # fmt: skip
     parser.add_argument("--settings", default="all,all+gkd,greedy", help="which of all, all+gkd, greedy to run")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: tiny models on a shared CPU run far faster)"
