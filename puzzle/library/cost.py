@@ -10,16 +10,27 @@ Latency is measured on the device that runs the build, per scenario: *prefill* r
 seq_len) fresh hidden states; *decode* runs one token per sequence after a cache filled with ``seq_len``
 tokens of context. Each measurement does warm-up runs, then ``repeats`` timed runs (CUDA events on a GPU,
 ``perf_counter`` on CPU) and records the median and the spread (max - min) in ms, with the device name and
-dtype on the ``Scenario``. ``measure_model`` times the assembled parent and its non-block part (embedding,
+dtype on the ``Scenario``.
+
+Every timed run starts from a cold last-level cache (a buffer twice its size is written first), as a real
+model's step finds it: its weights are far larger than the cache. Without that, a block's time depends on what
+ran before it (on the tiny-llama parent, CPU decode: 1.29 ms for one block timed alone, 1.94 ms per block in a
+chain of 8, and the LM head 1.2 ms alone but about 2.2 ms after any layer), so a sum of parts cannot predict a
+whole. On CPU, timing processes also keep freed memory instead of returning it to the kernel (glibc's
+``M_MMAP_MAX=0``, ``M_TRIM_THRESHOLD``), as serving engines reuse their buffers: otherwise each large tensor is
+mapped afresh and page-faulted on every call, and the cost depends on the allocation history (tiny-llama
+prefill, embedding + head: 61 ms after the whole model ran, 49.5 ms with buffers kept). ``measure_model`` times the assembled parent and its non-block part (embedding,
 final norm, LM head) so the library can report how far "sum of blocks + non-block" is from the real thing.
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,8 +40,9 @@ from puzzle.arch import ArchSpec, BlockSpec
 from puzzle.library import Scenario
 
 MIB = 1024 * 1024
-PROFILE_VERSION = 3  # part of every profiling result's key: bump when how a block is timed (or what it runs) changes
+PROFILE_VERSION = 4  # part of every profiling result's key: bump when how a block is timed (or what it runs) changes
 # 3: the Mamba scan no longer slows down on underflowing decays (puzzle.model.ssd.DECAY_FLOOR)
+# 4: every timed run starts from a cold last-level cache; CPU timing keeps freed memory (steady allocator)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -104,6 +116,43 @@ class _threads:
         torch.set_num_threads(self.before)
 
 
+@functools.cache
+def _steady_allocator() -> bool:
+    """Keep freed memory in this process (glibc): no fresh mappings, no trimming. True when it took effect."""
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def _cache_bytes() -> int:
+    """The largest CPU cache, from sysfs (32 MiB when unknown)."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes, default=32 * MIB)
+
+
+@functools.cache
+def _flush_buffer(device: torch.device) -> torch.Tensor:
+    size = 2 * (torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else _cache_bytes())
+    return torch.empty(max(size, MIB) // 4, dtype=torch.float32, device=device)
+
+
+def flush_cache(device: torch.device) -> None:
+    """Evict the last-level cache of ``device`` by writing a buffer twice its size."""
+    _flush_buffer(device).fill_(1.0)
+
+
 def time_ms(
     fn: Callable[[], Any],
     device: torch.device,
@@ -112,13 +161,16 @@ def time_ms(
     repeats: int = 10,
     samples: list[float] | None = None,
 ) -> tuple[float, float]:
-    """(median, max - min) wall time of ``fn`` in ms after ``warmup`` untimed calls; every timed run's ms is
-    appended to ``samples`` when given."""
+    """(median, max - min) wall time of ``fn`` in ms after ``warmup`` untimed calls, each timed run from a cold
+    cache (see the module docstring); every timed run's ms is appended to ``samples`` when given."""
+    if device.type == "cpu":
+        _steady_allocator()
     for _ in range(warmup):
         fn()
     times = []
     if device.type == "cuda":
         for _ in range(repeats):
+            flush_cache(device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -127,6 +179,7 @@ def time_ms(
             times.append(start.elapsed_time(end))
     else:
         for _ in range(repeats):
+            flush_cache(device)
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
