@@ -1,6 +1,6 @@
 """How the library build scales with the parent: peak memory per worker, disk, BLD throughput against the roofline.
 
-    python bench/scale.py [--sizes 10M,50M,200M,800M] [--tokens 4096] [--budgets 4096,16384] [--device cpu]
+    python bench/scale.py [--sizes 10M,50M,200M,800M] [--tokens 4096] [--batch 8] [--budgets 4096,16384] [--device cpu]
 
 Parents are Llama-shaped (head_dim 64, 4 query heads per KV head, FFN 8/3 x hidden) with **random weights**
 (fine for cost: memory, disk and time do not depend on the values), saved in bf16 like released checkpoints,
@@ -117,17 +117,19 @@ def prepare_stage(parent: str, work: str, corpus: str, tokens: int) -> dict[str,
     return {k: v for k, v in prep.items() if k in ("digest", "distill_file", "holdout_file", "distill_tokens")}
 
 
-def bld_stage(work: str, data_file: str, layer: int, tokens: int, device: str) -> dict[str, Any]:
+def bld_stage(work: str, data_file: str, layer: int, tokens: int, batch: int, device: str) -> dict[str, Any]:
     from puzzle.arch import FFNSpec
+    from puzzle.library.build import BuildConfig
     from puzzle.library.distill import BLDConfig, unit_key
     from puzzle.library.parent import load_parent_arch
     from puzzle.library.stream import bld_layer_task
 
     arch = load_parent_arch(work)
     ffn = FFNSpec(intermediate_size=arch.blocks[layer].ffn.intermediate_size // 2)
-    cfg = BLDConfig(tokens=tokens, batch=4)
+    cfg = BLDConfig(tokens=tokens, batch=batch)
     units = [(unit_key(layer, {"ffn": ffn}, cfg, "bench", "bench"), {"ffn": ffn.to_dict()})]
-    result = bld_layer_task(work, data_file, layer, units, cfg.to_dict(), device, "bfloat16")
+    resident = BuildConfig().prefix_resident_mb  # the builder's default: earlier layers beyond it are read per batch
+    result = bld_layer_task(work, data_file, layer, units, cfg.to_dict(), device, "bfloat16", resident)
     hidden = arch.hidden_size
     prefix_params = arch.vocab_size * hidden + sum(_block_params(arch, i) for i in range(layer + 1))
     child_params = 3 * hidden * ffn.intermediate_size + hidden + (_block_params(arch, layer) - _ffn_params(arch, layer))
@@ -184,7 +186,9 @@ def corpus_slice(root: Path) -> str:
     return str(target)
 
 
-def bench_size(name: str, root: Path, corpus: str, tokens: int, threads: int, device: str) -> dict[str, Any]:
+def bench_size(
+    name: str, root: Path, corpus: str, tokens: int, batch: int, threads: int, device: str
+) -> dict[str, Any]:
     hidden, layers = SIZES[name]
     size_root = root / name
     parent = run_isolated("make_parent", threads, root=str(size_root), hidden=hidden, layers=layers, corpus=corpus)
@@ -197,8 +201,9 @@ def bench_size(name: str, root: Path, corpus: str, tokens: int, threads: int, de
     row["prepare"] = {"seconds": prep["seconds"], "peak_mb": prep["peak_mb"]}
     for label, layer in (("bld_first", 0), ("bld_last", layers - 1)):
         r = run_isolated(
-            "bld_stage", threads, work=str(work), data_file=p["distill_file"], layer=layer, tokens=tokens, device=device
-        )
+            "bld_stage", threads, work=str(work), data_file=p["distill_file"], layer=layer, tokens=tokens,
+            batch=batch, device=device,
+        )  # fmt: skip
         res = r["result"]
         row[label] = {
             "seconds": res["seconds"],
@@ -225,6 +230,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10M,50M,200M,800M")
     ap.add_argument("--tokens", type=int, default=4096, help="BLD tokens per unit")
     ap.add_argument("--budgets", default="4096,32768", help="two token budgets for the disk-growth check")
+    ap.add_argument("--batch", type=int, default=8, help="BLD sequences per step")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--root", default=None)
@@ -234,7 +240,7 @@ def main() -> None:
     corpus = corpus_slice(root)
     rows = []
     for name in args.sizes.split(","):
-        row = bench_size(name, root, corpus, args.tokens, args.threads, args.device)
+        row = bench_size(name, root, corpus, args.tokens, args.batch, args.threads, args.device)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     print(
@@ -272,6 +278,7 @@ def main() -> None:
             data_file=prep["result"]["distill_file"],
             layer=0,
             tokens=budget,
+            batch=args.batch,
             device=args.device,
         )
         disk.append(du_mb(work) - du_mb(work / "parent"))
