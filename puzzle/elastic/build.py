@@ -3,17 +3,21 @@
 ``build_elastic`` runs the stages in order, each restartable:
 
 1. load the parent and its tokenizer; the corpus splits into train / held-out (``puzzle.data``);
-2. nest the parent (``nest.py``) on calibration rows of the train split;
-3. score and cost every nested slice on held-out rows (``select.nested_library``), saved as ``OUT/library``
-   and reused when its key (parent, rows, space, latency flag) matches;
-4. the MIP picks each budget's configuration (``select.choose_configs``);
-5. multi-budget distillation (``distill.train_elastic``), resumable from ``OUT/state``;
-6. write ``OUT/model`` (the shared weights: a normal HF directory of the nested parent, tokenizer included) and,
-   last, ``OUT/elastic.json`` (budgets with their configurations and MIP totals, space, cost, nesting report,
-   training summary). A folder holding ``elastic.json`` is complete.
+2. the candidate grid, as soon as the parent is read: the space's sizes per layer that the deployment ``target``
+   loads (``ElasticSpace.grid``; default ``puzzle.targets.DEFAULT_TARGET``, None: no restriction);
+3. nest the parent (``nest.py``) on calibration rows of the train split;
+4. score and cost every nested slice of the grid on held-out rows (``select.nested_library``), saved as
+   ``OUT/library`` and reused when its key (parent, rows, grid, latency flag) matches;
+5. the MIP picks each budget's configuration (``select.choose_configs``);
+6. multi-budget distillation (``distill.train_elastic``), resumable from ``OUT/state``;
+7. write ``OUT/model`` (the shared weights: a normal HF directory of the nested parent, tokenizer included) and,
+   last, ``OUT/elastic.json`` (budgets with their configurations and MIP totals, space, target, cost, nesting
+   report, training summary). A folder holding ``elastic.json`` is complete.
 
 ``load_elastic(OUT)`` gives the ``ElasticLM``; ``slice_budget(OUT, 0.6, CHILD)`` writes the budget's submodel
-as a standalone HF child through ``puzzle.model.save_pretrained`` (no training), loadable by ``load_pretrained``.
+as a standalone child (no training) through the one export path, ``puzzle.child.export.export_point``: a
+Hugging Face directory with ``puzzle_manifest.json`` (``loadable_by``), refused when the recorded target cannot
+load it.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from puzzle.arch import ArchSpec
 from puzzle.elastic.distill import ElasticTrainConfig, train_elastic
 from puzzle.elastic.model import ElasticLM, n_params
 from puzzle.elastic.nest import nest_parent
 from puzzle.elastic.select import DEFAULT_COST, choose_configs, nested_library
-from puzzle.elastic.space import ElasticConfig, ElasticSpace, budget_key, parse_budgets
+from puzzle.elastic.space import ElasticConfig, ElasticGrid, ElasticSpace, budget_key, config_arch, parse_budgets
 from puzzle.errors import CheckpointError, ConfigError, DataError
 from puzzle.files import key_digest, write_json
+from puzzle.targets import DEFAULT_TARGET, get_target, require_loadable
 
 SCHEMA_VERSION = 1
 ELASTIC_FILE = "elastic.json"
@@ -63,6 +69,7 @@ class ElasticRequest:
     device: str = "cpu"
     held_out_fraction: float = 0.05  # the corpus split scoring reads from (as the parent's training split it)
     selection: str = "mip"  # "mip": the exact MIP picks each budget; "router": a router trained jointly with KD
+    target: str | None = DEFAULT_TARGET  # choose only children this engine loads (None: any)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", parse_budgets(self.budgets))
@@ -75,6 +82,11 @@ class ElasticRequest:
             problems.append(f"selection must be mip or router, got {self.selection!r}")
         if self.selection == "router" and self.train.steps == 0:
             problems.append("selection router trains the router: give distillation tokens")
+        if self.target is not None:
+            try:
+                get_target(self.target)
+            except ConfigError as exc:
+                problems.append(f"{exc} (None: any)")
         if problems:
             raise ConfigError("elastic: " + "; ".join(problems))
 
@@ -93,6 +105,7 @@ class ElasticRequest:
             "device": self.device,
             "held_out_fraction": self.held_out_fraction,
             "selection": self.selection,
+            "target": self.target,
         }
 
 
@@ -150,6 +163,7 @@ def build_elastic(
         raise ConfigError(f"--out {out} exists and is not an elastic folder; choose a new directory")
     status("reading the parent and the corpus")
     model = load_pretrained(req.parent, dtype=torch.float32)
+    grid = req.space.grid(model.arch, req.target)  # before any heavy work: ConfigError when the target cannot load
     calib, holdout, train_rows = _data(req)
     status("nesting the parent (ranking heads, channels, Mamba heads, layers)")
     report = nest_parent(model, torch.from_numpy(calib[:, :-1]))
@@ -160,7 +174,7 @@ def build_elastic(
         str(Path(req.parent).resolve()),
         model.arch.to_dict(),
         holdout.tolist(),
-        req.space.to_dict(),
+        grid.to_dict(),
         req.measure_latency,
     )
     lib_dir = out / LIBRARY_DIR
@@ -173,7 +187,7 @@ def build_elastic(
         status("scoring every nested slice (replace-one-block KL) and its costs")
         library = nested_library(
             elastic,
-            req.space,
+            grid,
             torch.from_numpy(holdout),
             scenarios=scenarios,
             measure_latency=req.measure_latency,
@@ -184,11 +198,13 @@ def build_elastic(
         library.save(lib_dir)
     status("choosing each budget's configuration (MIP)")
     choices = choose_configs(library, req.budgets, cost=req.cost, objective=req.objective)
+    _check_loadable(model.arch, [c.config for c in choices.values()], req.target)
     elastic = ElasticLM(model, {c.budget: c.config for c in choices.values()})
     training, routed = None, None
     if req.selection == "router":
         status(f"training the router jointly with multi-budget distillation: {req.train.steps} steps")
-        training, routed = _train_router(req, elastic, library, train_rows, out, on_step)
+        training, routed = _train_router(req, elastic, library, grid, train_rows, out, on_step)
+        _check_loadable(model.arch, [ElasticConfig.from_list(r["layers"]) for r in routed.values()], req.target)
     elif req.train.steps > 0:
         status(f"multi-budget distillation: {req.train.steps} steps")
         result = train_elastic(elastic, train_rows, req.train, checkpoint_dir=out / STATE_DIR, on_step=on_step)
@@ -203,6 +219,7 @@ def build_elastic(
         "cost": req.cost,
         "objective": req.objective,
         "space": req.space.to_dict(),
+        "target": req.target,
         "selection": req.selection,
         "budgets": routed if routed is not None else {k: c.to_dict() for k, c in choices.items()},
         "mip": {k: c.to_dict() for k, c in choices.items()},
@@ -216,10 +233,18 @@ def build_elastic(
     return summary
 
 
+def _check_loadable(arch: ArchSpec, configs: list[ElasticConfig], target: str | None) -> None:
+    """The grid admits only slices ``target`` loads; check the assembled configurations too (ConfigError if not)."""
+    if target is not None:
+        for config in configs:
+            require_loadable(config_arch(arch, config), target)
+
+
 def _train_router(
     req: ElasticRequest,
     elastic: ElasticLM,
     library: Any,
+    grid: ElasticGrid,
     rows: np.ndarray,
     out: Path,
     on_step: Callable[[Any], None] | None,
@@ -229,7 +254,7 @@ def _train_router(
     from puzzle.elastic.router import CostModel, Router, extract, width_options
     from puzzle.files import save_tensors
 
-    options = width_options(req.space, elastic)
+    options = width_options(grid)
     n_budgets = len(req.budgets) + int(req.train.include_full)
     router = Router(options, elastic.arch.n_layers, n_budgets)
     cost = CostModel.from_library(library, options, req.cost)
@@ -283,13 +308,32 @@ def load_elastic(path: str | Path) -> ElasticLM:
 
 
 def slice_budget(path: str | Path, budget: float, out: str | Path) -> Path:
-    """Write ``budget``'s submodel of the elastic folder ``path`` as a standalone HF child at ``out``."""
-    from puzzle.model import save_pretrained
+    """Write ``budget``'s submodel of the elastic folder ``path`` as a standalone child at ``out`` (new or empty),
+    with its manifest; ``ConfigError`` naming each offending layer when the recorded target cannot load it."""
+    from puzzle.child.export import export_point
+    from puzzle.library import BlockLibrary
+    from puzzle.search.request import Architecture
 
+    path = Path(path)
+    data = read_summary(path)
     elastic = load_elastic(path)
-    child = elastic.slice(budget)
-    target = save_pretrained(child, out, tokenizer_dir=Path(path) / MODEL_DIR)
-    return target
+    config = elastic.config_for(budget)
+    library = BlockLibrary.load(path / data["library"])
+    mip = data["mip"].get(budget_key(budget), {})
+    by_mip = data["selection"] == "mip"
+    return export_point(
+        library,
+        path / data["library"],
+        Architecture.from_names(library, [c.name for c in config.layers]),
+        out,
+        model=elastic.slice(config=config),
+        tokenizer_dir=path / data["model"],
+        objective={"metric": data["objective"], "value": mip.get("objective") if by_mip else None},
+        constraints=[mip["constraint"]] if "constraint" in mip else (),
+        solver=mip.get("solver") if by_mip else "router",
+        extra={"elastic": {"model": str(path.resolve()), "budget": budget, "selection": data["selection"]}},
+        target=data.get("target"),
+    )
 
 
 __all__ = ["ElasticRequest", "budget_key", "build_elastic", "load_elastic", "read_summary", "slice_budget"]

@@ -2,7 +2,7 @@
 
 Axes: ``attention`` (KV groups kept, with their queries), ``ffn`` (channels), ``mamba`` (heads per group) and
 ``depth`` (keep / skip). Each axis router maps the one-hot of the budget to logits ``(L, options)`` (the width
-options of ``ElasticSpace`` above 0 for the layer's subblock; removal is the depth axis' job). A choice is drawn
+sizes of the ``ElasticGrid`` above 0 for the layer's subblock; removal is the depth axis' job). A choice is drawn
 with straight-through Gumbel-softmax (``hard``: a one-hot forward, soft gradients), and the *masked* forward
 runs the full-width nested parent with prefix masks built from the one-hots:
 
@@ -36,20 +36,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from puzzle.elastic.model import ElasticLM
-from puzzle.elastic.space import ElasticConfig, ElasticSpace, LayerChoice
+from puzzle.elastic.space import AXES as WIDTH_AXES
+from puzzle.elastic.space import ElasticConfig, ElasticGrid, LayerChoice
 from puzzle.errors import ConfigError, InfeasibleError
 from puzzle.library import BlockLibrary
 
-WIDTH_AXES = ("attention", "ffn", "mamba")
 AXES = (*WIDTH_AXES, "depth")
 
 
-def width_options(space: ElasticSpace, elastic: ElasticLM) -> dict[str, list[list[int]]]:
+def width_options(grid: ElasticGrid) -> dict[str, list[list[int]]]:
     """Per width axis, per layer: the kept sizes a router may pick (largest first; ``[0]`` when absent)."""
     out: dict[str, list[list[int]]] = {a: [] for a in WIDTH_AXES}
-    for block in elastic.arch.blocks:
+    for i in range(len(grid.sizes)):
         for axis in WIDTH_AXES:  # removing a subblock is the depth axis' job: sizes above 0 only
-            out[axis].append([s for s in space.axis_sizes(block, axis) if s > 0] or [0])
+            out[axis].append([s for s in grid.axis_sizes(i, axis) if s > 0] or [0])
     return out
 
 

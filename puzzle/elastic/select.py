@@ -1,7 +1,7 @@
 """Exact selection over the nested space: a block library of nested slices, and the MIP per budget.
 
-For every layer of the nested parent and every candidate of ``ElasticSpace.layer_choices`` (a prefix of the
-layer, or the layer skipped), the slice is scored by replace-one-block (``puzzle.library.score``: the parent
+For every layer of the nested parent and every candidate of ``ElasticGrid.layer_choices`` (a prefix of the
+layer, or the layer skipped; only what the grid's deployment target loads), the slice is scored by replace-one-block (``puzzle.library.score``: the parent
 with only that layer sliced, on held-out text; KL(parent || child) and friends) and costed like any library
 variant (``puzzle.library.cost``: parameters, memory per scenario from the formula, and measured latency when
 asked). The result is an ordinary ``BlockLibrary`` whose variant names are the choices (``a2.f128.m0``), so the
@@ -19,7 +19,7 @@ import torch
 
 from puzzle.arch import BlockSpec
 from puzzle.elastic.model import ElasticLM, slice_block_state
-from puzzle.elastic.space import ElasticConfig, ElasticSpace, LayerChoice, budget_key
+from puzzle.elastic.space import ElasticConfig, ElasticGrid, LayerChoice, budget_key
 from puzzle.library import BlockLibrary, Layer, Scenario, Variant
 from puzzle.library.cost import block_memory_mib, block_params, measure_block, non_block_memory_mib, non_block_params
 from puzzle.library.score import score_blocks
@@ -49,7 +49,7 @@ def _costs(
 @torch.no_grad()
 def nested_library(
     elastic: ElasticLM,
-    space: ElasticSpace,
+    grid: ElasticGrid,
     holdout: torch.Tensor,
     *,
     scenarios: Sequence[Scenario] = (),
@@ -59,7 +59,7 @@ def nested_library(
     batch: int = 8,
     on_layer: Callable[[int, int], None] | None = None,
 ) -> BlockLibrary:
-    """Score and cost every nested slice of every layer on held-out rows ``holdout`` (N, T + 1).
+    """Score and cost every nested slice of ``grid`` (``ElasticSpace.grid``) on held-out rows ``holdout`` (N, T + 1).
 
     Latency (``runtime_ms`` per scenario) is measured only with ``measure_latency``; memory always comes from
     the formula. ``on_layer(done, total)`` reports progress.
@@ -73,7 +73,7 @@ def nested_library(
     layers = []
     blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]  # a ModuleList of Block
     for i, parent_block in enumerate(blocks):
-        choices = space.layer_choices(parent_block.spec)
+        choices = grid.layer_choices(i)
         candidates = []
         for choice in choices:
             spec, state = slice_block_state(parent_block, choice)
@@ -109,7 +109,7 @@ def nested_library(
         non_block_costs={"num_params": float(non_block_params(arch))},
         non_block_scenario_costs={sc.name: {"memory_mib": non_block_memory_mib(arch, sc)} for sc in scenarios},
         notes={
-            "elastic_space": space.to_dict(),
+            "elastic_grid": grid.to_dict(),
             "scored_tokens": int(targets.numel()),
             "non_block": "num_params and memory_mib include the embedding and head; runtime_ms is blocks only",
         },

@@ -8,7 +8,18 @@ A ``LayerChoice`` keeps, of one layer of the *nested* parent (see ``nest.py``: e
 
 ``0`` removes the subblock; a layer with every count 0 is skipped (depth). Linear subblocks are kept (1) or
 removed (0). An ``ElasticConfig`` is one choice per layer; ``config_arch`` turns it into the ``ArchSpec`` of the
-child it denotes. ``ElasticSpace`` lists the candidate choices per layer (the grid the exact selection scores).
+child it denotes. ``ElasticSpace`` holds the candidate fractions per axis; ``ElasticSpace.grid(parent, target)``
+turns them into an ``ElasticGrid``, the sizes per layer and axis that the exact selection scores and the router
+picks from.
+
+With a deployment ``target`` (``puzzle.targets``), the grid keeps a size only when the child that slices that one
+axis of that one layer, the rest of the parent whole, loads in the target (``offending_layers``). Sizes that pass
+alone pass together: the targets' rules hold per subblock (kind, biases, the ``ffn_mult`` grid) or compare a
+subblock with the first of its kind (one global head count, one Mamba size), which a slice passes alone only by
+equalling its parent's subblock or by being the only one of its kind. So for DeciLM engines attention is kept whole
+or removed (a slice has fewer query heads than the global count), a hybrid's Mamba too for every engine but
+transformers, and for engines that read only ``ffn_mult`` the FFN widths are rounded up to its 256 grid
+(``ffn_multiple``, capped at the parent's width). ``build_elastic`` checks every chosen configuration again.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from typing import Any
 
 from puzzle.arch import ArchSpec, AttentionSpec, BlockSpec, FFNSpec, MambaSpec
 from puzzle.errors import ConfigError
+from puzzle.targets import FFN_GRID, get_target, offending_layers
 
 _NAME_RE = re.compile(r"^a(\d+)\.f(\d+)\.m(\d+)$")
 
@@ -142,6 +154,33 @@ def prefix_counts(full: int, fractions: tuple[float, ...], *, minimum: int = 1) 
     return sorted(out, reverse=True)
 
 
+AXES = ("attention", "ffn", "mamba")
+
+
+@dataclass(frozen=True)
+class ElasticGrid:
+    """The candidate sizes of every layer of one nested parent, per axis (``AXES``), largest (the parent's) first."""
+
+    sizes: tuple[tuple[tuple[int, ...], ...], ...]  # [layer][axis] -> kept sizes
+    target: str | None = None  # the deployment target the sizes were restricted to (None: any)
+
+    def axis_sizes(self, layer: int, axis: str) -> tuple[int, ...]:
+        """Kept sizes on ``axis`` of ``layer``: prefix sizes of a GQA / MLP / Mamba subblock, 1 (kept) for a linear
+        one, ``(0,)`` where absent; 0 (removed) when the space's fractions include it."""
+        return self.sizes[layer][AXES.index(axis)]
+
+    def layer_choices(self, layer: int) -> tuple[LayerChoice, ...]:
+        """Every candidate of ``layer`` (the product of its axes' sizes), the full one first."""
+        sizes = self.sizes[layer]
+        full = LayerChoice(*(s[0] for s in sizes))
+        choices = [LayerChoice(a, f, m) for a, f, m in itertools.product(*sizes)]
+        return tuple(sorted(choices, key=lambda c: c != full))
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = [{axis: list(s) for axis, s in zip(AXES, sizes, strict=True)} for sizes in self.sizes]
+        return {"target": self.target, "layers": layers}
+
+
 @dataclass(frozen=True)
 class ElasticSpace:
     """The candidate fractions per axis (1.0 = the parent's size, 0 = removed) scored by the exact selection."""
@@ -149,39 +188,66 @@ class ElasticSpace:
     attention: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
     ffn: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
     mamba: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25, 0.0)
-    ffn_multiple: int = 1  # FFN widths rounded up to a multiple of this (256 for DeciLM engines' ffn_mult grid)
+    # FFN widths rounded up to a multiple of this (capped at the parent's); None: the target's grid (256 where it
+    # reads widths only from ffn_mult), else 1
+    ffn_multiple: int | None = None
 
     def __post_init__(self) -> None:
-        for axis in ("attention", "ffn", "mamba"):
+        for axis in AXES:
             values = tuple(float(v) for v in getattr(self, axis))
             if not values or any(not 0 <= v <= 1 for v in values) or 1.0 not in values:
                 raise ConfigError(f"elastic space: {axis} fractions must lie in [0, 1] and include 1.0, got {values}")
             object.__setattr__(self, axis, values)
-        if not isinstance(self.ffn_multiple, int) or self.ffn_multiple <= 0:
-            raise ConfigError(f"elastic space: ffn_multiple must be a positive integer, got {self.ffn_multiple!r}")
+        m = self.ffn_multiple
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m <= 0):
+            raise ConfigError(f"elastic space: ffn_multiple must be a positive integer, got {m!r}")
 
-    def axis_sizes(self, block: BlockSpec, axis: str) -> list[int]:
-        """Kept sizes on ``axis`` of one parent layer, largest first: prefix sizes of a GQA / MLP / Mamba subblock,
-        1 (kept) for a linear one, ``[0]`` where absent; 0 (removed) only when the axis' fractions include it."""
+    def _sizes(self, block: BlockSpec, axis: str, ffn_multiple: int) -> tuple[int, ...]:
         full = getattr(LayerChoice.full(block), axis)
         kind = getattr(block, axis).kind
         fractions = getattr(self, axis)
         if kind in ("gqa", "mlp", "mamba"):
             sizes = prefix_counts(full, fractions)
             if axis == "ffn":
-                m = self.ffn_multiple
+                m = ffn_multiple
                 sizes = sorted({min(full, -(-c // m) * m) for c in sizes}, reverse=True)
-            return sizes
+            return tuple(sizes)
         if kind == "linear":
-            return [1, 0] if 0.0 in fractions else [1]
-        return [0]
+            return (1, 0) if 0.0 in fractions else (1,)
+        return (0,)
 
-    def layer_choices(self, block: BlockSpec) -> tuple[LayerChoice, ...]:
-        """Every candidate of one parent layer (the product of its axes' sizes), the full one first."""
-        full = LayerChoice.full(block)
-        sizes = [self.axis_sizes(block, axis) for axis in ("attention", "ffn", "mamba")]
-        choices = [LayerChoice(a, f, m) for a, f, m in itertools.product(*sizes)]
-        return tuple(sorted(choices, key=lambda c: c != full))
+    def grid(self, arch: ArchSpec, target: str | None = None) -> ElasticGrid:
+        """The candidate sizes of every layer of the nested parent ``arch``; with ``target``, only those it loads
+        (see the module docstring). ``ConfigError`` when the target cannot load the parent, or no smaller child."""
+        multiple = self.ffn_multiple
+        if multiple is None:
+            multiple = FFN_GRID if target is not None and get_target(target).ffn_mult_only else 1
+        raw = [tuple(self._sizes(b, axis, multiple) for axis in AXES) for b in arch.blocks]
+        if target is None:
+            return ElasticGrid(tuple(raw))
+        problems = offending_layers(arch, target)
+        if problems:
+            raise ConfigError(f"{target} cannot load the parent itself:\n  " + "\n  ".join(problems))
+        rejected: list[str] = []  # why the first refused slice does not load
+
+        def loads(i: int, choice: LayerChoice) -> bool:
+            why = offending_layers(arch.with_block(i, choice_block(arch.blocks[i], choice)), target)
+            if why and not rejected:
+                rejected.extend([f"layer {i} sliced to {choice.name}:", *why])
+            return not why
+
+        kept = []
+        for i, (block, sizes) in enumerate(zip(arch.blocks, raw, strict=True)):
+            full = LayerChoice.full(block)
+            kept.append(
+                tuple(
+                    tuple(s for s in axis_sizes if s == axis_sizes[0] or loads(i, replace(full, **{axis: s})))
+                    for axis, axis_sizes in zip(AXES, sizes, strict=True)
+                )
+            )
+        if rejected and all(len(s) == 1 for layer in kept for s in layer):
+            raise ConfigError(f"{target} loads no smaller child of this parent; e.g. " + "\n  ".join(rejected))
+        return ElasticGrid(tuple(kept), target)
 
     def to_dict(self) -> dict[str, Any]:
         return {"attention": list(self.attention), "ffn": list(self.ffn), "mamba": list(self.mamba)} | {

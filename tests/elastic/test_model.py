@@ -20,8 +20,8 @@ from tests.elastic.test_nest import ARCHS, _ids, _model
 
 def _random_config(model: CausalLM, seed: int) -> ElasticConfig:
     rng = random.Random(seed)
-    space = ElasticSpace()
-    return ElasticConfig(tuple(rng.choice(space.layer_choices(b)) for b in model.arch.blocks))
+    grid = ElasticSpace().grid(model.arch)
+    return ElasticConfig(tuple(rng.choice(grid.layer_choices(i)) for i in range(model.arch.n_layers)))
 
 
 @pytest.mark.parametrize("name", list(ARCHS))

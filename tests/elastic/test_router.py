@@ -13,8 +13,9 @@ from puzzle.elastic.distill import ElasticTrainConfig, RouterTraining, train_ela
 from puzzle.elastic.model import ElasticLM
 from puzzle.elastic.router import CostModel, Router, extract, masked_forward, picks_config, width_options
 from puzzle.elastic.select import nested_library
-from puzzle.elastic.space import ElasticSpace
+from puzzle.elastic.space import ElasticSpace, config_arch
 from puzzle.library.cost import default_scenarios
+from puzzle.targets import loadable_by
 from tests.elastic.test_select import _elastic, _rows
 
 BUDGETS = (0.8, 0.6, 0.4)
@@ -35,7 +36,7 @@ def _random_picks(options, n_layers: int, seed: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", ["llama", "hybrid", "hetero"])
 def test_masked_forward_with_one_hots_is_the_sliced_submodel(name: str) -> None:
     elastic, _ = _elastic(name)
-    options = width_options(ElasticSpace(), elastic)
+    options = width_options(ElasticSpace().grid(elastic.arch))
     ids = torch.randint(0, elastic.arch.vocab_size, (2, 13), generator=torch.Generator().manual_seed(0))
     for seed in range(4):
         picks = _random_picks(options, elastic.arch.n_layers, seed)
@@ -49,9 +50,9 @@ def test_masked_forward_with_one_hots_is_the_sliced_submodel(name: str) -> None:
 @pytest.fixture(scope="module")
 def routed():  # type: ignore[no-untyped-def]
     elastic, holdout = _elastic("hybrid")
-    space = ElasticSpace()
-    library = nested_library(elastic, space, holdout, scenarios=default_scenarios())
-    options = width_options(space, elastic)
+    grid = ElasticSpace().grid(elastic.arch)
+    library = nested_library(elastic, grid, holdout, scenarios=default_scenarios())
+    options = width_options(grid)
     return elastic, library, options
 
 
@@ -84,6 +85,26 @@ def test_router_training_lowers_the_loss_and_every_extracted_config_respects_its
     for budget in BUDGETS:
         picks_ratio = cost.ratio(_picks_of(configs[budget], options, elastic.arch.n_layers))
         assert float(picks_ratio) <= budget + 1e-9
+
+
+@pytest.mark.parametrize(("name", "axis"), [("llama", "attention"), ("hybrid", "mamba")])
+def test_router_over_a_target_grid_extracts_only_children_the_target_loads(name: str, axis: str) -> None:
+    elastic, holdout = _elastic(name)
+    grid = ElasticSpace().grid(elastic.arch, "vllm")
+    options = width_options(grid)
+    free = width_options(ElasticSpace().grid(elastic.arch))
+    for i in range(elastic.arch.n_layers):  # vLLM gets whole attention (Llama) / Mamba (hybrid) only
+        assert len(options[axis][i]) == 1 and options[axis][i][0] == free[axis][i][0]
+    assert any(len(sizes) > 1 for sizes in free[axis])
+    cost = CostModel.from_library(nested_library(elastic, grid, holdout), options, "num_params")
+    torch.manual_seed(0)
+    router = Router(options, elastic.arch.n_layers, n_budgets=len(BUDGETS))
+    with torch.no_grad():  # random logits: the extraction walks each budget down through many choices
+        for p in router.parameters():
+            p.normal_()
+    for budget, config in extract(router, cost, BUDGETS).items():
+        assert float(cost.ratio(_picks_of(config, options, elastic.arch.n_layers))) <= budget + 1e-9
+        assert "vllm" in loadable_by(config_arch(elastic.arch, config))
 
 
 def _picks_of(config, options, n_layers):  # type: ignore[no-untyped-def]

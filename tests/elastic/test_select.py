@@ -10,8 +10,9 @@ from puzzle.elastic.distill import ElasticTrainConfig, budget_weights, draw_budg
 from puzzle.elastic.model import ElasticLM, n_params
 from puzzle.elastic.nest import nest_parent
 from puzzle.elastic.select import choose_configs, nested_library
-from puzzle.elastic.space import ElasticSpace, LayerChoice
+from puzzle.elastic.space import ElasticSpace, LayerChoice, config_arch
 from puzzle.library.cost import default_scenarios
+from puzzle.targets import loadable_by
 from tests.elastic.test_nest import _ids, _model
 
 BUDGETS = (0.8, 0.6, 0.4)
@@ -27,10 +28,10 @@ def _elastic(name: str) -> tuple[ElasticLM, torch.Tensor]:
 @pytest.mark.parametrize("name", ["llama", "hybrid"])
 def test_mip_configurations_respect_each_budget(name: str) -> None:
     elastic, holdout = _elastic(name)
-    space = ElasticSpace()
-    library = nested_library(elastic, space, holdout, scenarios=default_scenarios())
-    for layer, block in zip(library.layers, elastic.model.blocks, strict=True):
-        assert [v.name for v in layer.variants] == [c.name for c in space.layer_choices(block.spec)]
+    grid = ElasticSpace().grid(elastic.arch)
+    library = nested_library(elastic, grid, holdout, scenarios=default_scenarios())
+    for i, (layer, block) in enumerate(zip(library.layers, elastic.model.blocks, strict=True)):
+        assert [v.name for v in layer.variants] == [c.name for c in grid.layer_choices(i)]
         assert layer.parent.name == LayerChoice.full(block.spec).name
         assert layer.parent.metrics["kl_div"] == pytest.approx(0.0, abs=1e-6)
         skip = layer.variant("a0.f0.m0")
@@ -47,10 +48,24 @@ def test_mip_configurations_respect_each_budget(name: str) -> None:
     assert objectives == sorted(objectives) and objectives[-1] > 0  # a smaller budget never scores better
 
 
+@pytest.mark.parametrize("name", ["llama", "hybrid"])
+def test_mip_picks_only_children_the_target_loads(name: str) -> None:
+    elastic, holdout = _elastic(name)
+    grid = ElasticSpace().grid(elastic.arch, "vllm")
+    library = nested_library(elastic, grid, holdout)
+    assert library.notes["elastic_grid"] == grid.to_dict()
+    for i, layer in enumerate(library.layers):  # only the grid's slices are scored
+        assert [v.name for v in layer.variants] == [c.name for c in grid.layer_choices(i)]
+    for choice in choose_configs(library, BUDGETS).values():
+        assert "vllm" in loadable_by(config_arch(elastic.arch, choice.config))
+
+
 def test_memory_budget_uses_the_scenarios_formula() -> None:
     elastic, holdout = _elastic("llama")
     scenarios = default_scenarios()
-    library = nested_library(elastic, ElasticSpace(ffn=(1.0, 0.5, 0.0)), holdout, scenarios=scenarios)
+    library = nested_library(
+        elastic, ElasticSpace(ffn=(1.0, 0.5, 0.0)).grid(elastic.arch), holdout, scenarios=scenarios
+    )
     choice = choose_configs(library, (0.5,), cost="memory_mib")["0.5"]
     assert choice.totals["memory_mib"] <= 0.5 * choice.parent_totals["memory_mib"] + 1e-9
     assert choice.constraint == "memory_mib<=50%"
@@ -71,7 +86,7 @@ def _rows(vocab: int, n: int = 16, length: int = 17) -> np.ndarray:
 
 def test_multi_budget_distillation_lowers_the_kl_and_resumes_exactly(tmp_path) -> None:
     elastic, holdout = _elastic("llama")
-    choices = choose_configs(nested_library(elastic, ElasticSpace(), holdout), BUDGETS)
+    choices = choose_configs(nested_library(elastic, ElasticSpace().grid(elastic.arch), holdout), BUDGETS)
     budgets = {c.budget: c.config for c in choices.values()}
     cfg = ElasticTrainConfig(tokens=12 * 4 * 16, batch=4, seq_len=16, lr=3e-3, checkpoint_every=5, warmup_fraction=0.0)
     rows = _rows(elastic.arch.vocab_size)
@@ -110,7 +125,8 @@ def test_measured_latency_is_a_cost_the_budgets_can_bound() -> None:
     elastic, holdout = _elastic("hybrid")
     scenario = Scenario("cpu-tiny-prefill", "prefill", 1, 8, device_name("cpu"), "float32", threads=1)
     space = ElasticSpace(ffn=(1.0, 0.5, 0.0), mamba=(1.0, 0.5, 0.0), attention=(1.0, 0.0))
-    library = nested_library(elastic, space, holdout, scenarios=(scenario,), measure_latency=True, repeats=2)
+    grid = space.grid(elastic.arch)
+    library = nested_library(elastic, grid, holdout, scenarios=(scenario,), measure_latency=True, repeats=2)
     runtimes = [v.scenario_costs[scenario.name]["runtime_ms"] for layer in library.layers for v in layer.variants]
     assert all(r >= 0 for r in runtimes) and max(runtimes) > 0
     choice = choose_configs(library, (0.7,), cost="runtime_ms")["0.7"]
