@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from puzzle.elastic import ElasticRequest
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -46,6 +50,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--attention", default="1,0.5,0.25,0", help="KV-group fractions to score")
     train.add_argument("--mamba", default="1,0.75,0.5,0.25,0", help="Mamba heads-per-group fractions to score")
     train.add_argument(
+        "--target",
+        default=None,
+        help="deployment target every budget's child must load in (default: vllm; 'any' for no restriction): "
+        "only slices it loads are scored, e.g. attention whole or removed for the DeciLM engines",
+    )
+    train.add_argument(
+        "--ffn-multiple",
+        type=int,
+        default=None,
+        metavar="N",
+        help="round FFN widths up to a multiple of N (default: the target's grid, 256 for sglang / trtllm / "
+        "llama.cpp, else 1)",
+    )
+    train.add_argument(
         "--held-out-fraction",
         type=float,
         default=0.05,
@@ -64,8 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sl = sub.add_parser(
         "slice",
         help="write one budget of an elastic model as a standalone Hugging Face child (no training)",
-        description="Slice the budget's submodel out of the shared weights and write it through the project's "
-        "save_pretrained: a normal child directory (config, safetensors, tokenizer).",
+        description="Slice the budget's submodel out of the shared weights and export it like any child: a "
+        "Hugging Face directory (config, safetensors, tokenizer) with puzzle_manifest.json (loadable_by); refused, "
+        "naming each offending layer, when the target the model was trained for cannot load it.",
     )
     sl.add_argument("--model", required=True, metavar="DIR", help="elastic folder written by `elastic train`")
     sl.add_argument("--budget", required=True, type=float, help="one of the budgets it was trained with")
@@ -73,17 +92,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sl.set_defaults(func=_slice)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from puzzle.cli.progress import training_bar
-    from puzzle.elastic import ElasticRequest, ElasticSpace, ElasticTrainConfig, build_elastic
+def _target(text: str | None) -> str | None:
+    """``--target``: a name of ``puzzle.targets.TARGETS``, ``any`` (None), or absent (the default target)."""
+    from puzzle.errors import ConfigError
+    from puzzle.targets import DEFAULT_TARGET, TARGETS
 
-    req = ElasticRequest(
+    if text is None:
+        return DEFAULT_TARGET
+    if text == "any":
+        return None
+    if text not in TARGETS:
+        raise ConfigError(f"--target {text!r}: choose one of {', '.join(TARGETS)} or any")
+    return text
+
+
+def _request(args: argparse.Namespace) -> ElasticRequest:
+    """The ``ElasticRequest`` of ``elastic train``'s arguments (ConfigError when malformed)."""
+    from puzzle.elastic import ElasticRequest, ElasticSpace, ElasticTrainConfig
+
+    return ElasticRequest(
         parent=args.parent,
         budgets=args.budgets,
         out=args.out,
         corpus=args.corpus,
         space=ElasticSpace(
-            attention=_fractions(args.attention), ffn=_fractions(args.ffn), mamba=_fractions(args.mamba)
+            attention=_fractions(args.attention),
+            ffn=_fractions(args.ffn),
+            mamba=_fractions(args.mamba),
+            ffn_multiple=args.ffn_multiple,
         ),
         cost=args.cost,
         train=ElasticTrainConfig(
@@ -96,7 +132,15 @@ def _train(args: argparse.Namespace) -> int:
         measure_latency=args.latency,
         selection=args.selection,
         held_out_fraction=args.held_out_fraction,
+        target=_target(args.target),
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from puzzle.cli.progress import training_bar
+    from puzzle.elastic import build_elastic
+
+    req = _request(args)
     with training_bar("elastic distillation") as (on_step, status):
 
         def on_layer(done: int, total: int) -> None:
@@ -117,10 +161,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _slice(args: argparse.Namespace) -> int:
+    from puzzle.child.export import read_manifest
     from puzzle.elastic import slice_budget
     from puzzle.elastic.model import n_params
     from puzzle.model import load_pretrained
 
     target = slice_budget(args.model, args.budget, args.out)
-    print(f"budget {args.budget:g}: {n_params(load_pretrained(target)):,} parameters; wrote {target}")
+    loaders = ", ".join(read_manifest(target)["loadable_by"]) or "none"
+    print(
+        f"budget {args.budget:g}: {n_params(load_pretrained(target)):,} parameters; loadable by {loaders}; wrote {target}"
+    )
     return 0
