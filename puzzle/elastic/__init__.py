@@ -13,7 +13,9 @@
     distill.py  multi-budget knowledge distillation with the two-stage budget curriculum, resumable; trains the
                 router jointly when given one
     build.py    the stages end to end: ``build_elastic`` -> one folder (shared weights + budgets, chosen by the
-                MIP or by the router), ``load_elastic``, ``slice_budget``
+                MIP or by the router), ``load_elastic``, ``slice_budget``; ``ElasticRequest.from_dict`` lists
+                every problem of a request at once
+    family.py   what each budget of a built folder is: configuration, parameters, predicted cost and quality
 
 Serving engines: every budget is a child its ``target`` loads (default ``puzzle.targets.DEFAULT_TARGET``; None:
 any). Attention elasticity removes whole KV groups with their queries, so a sliced attention has fewer query heads
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from puzzle.elastic.build import ElasticRequest, build_elastic, load_elastic, read_summary, slice_budget
 from puzzle.elastic.distill import ElasticTrainConfig, ElasticTrainResult, train_elastic
+from puzzle.elastic.family import FamilyMember, family
 from puzzle.elastic.model import ElasticLM, slice_block_state
 from puzzle.elastic.nest import NestReport, nest_parent
 from puzzle.elastic.select import BudgetChoice, choose_configs, nested_library
@@ -45,11 +48,13 @@ __all__ = [
     "ElasticSpace",
     "ElasticTrainConfig",
     "ElasticTrainResult",
+    "FamilyMember",
     "LayerChoice",
     "NestReport",
     "build_elastic",
     "choose_configs",
     "config_arch",
+    "family",
     "load_elastic",
     "nest_parent",
     "nested_library",

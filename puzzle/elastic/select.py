@@ -179,3 +179,14 @@ def choose_configs(
             solver=sol.solver,
         )
     return out
+
+
+def config_cost(library: BlockLibrary, config: ElasticConfig, key: str) -> tuple[float, float]:
+    """Whole-model cost ``key`` (``NAME`` or ``NAME@SCENARIO``) of ``config`` and of the parent, the non-block
+    part included, as the MIP's bounds count it."""
+    name, scenario = library.resolve_cost_key(key)
+    base = library.non_block_cost(name, scenario)
+    chosen = zip(library.layers, config.layers, strict=True)
+    total = base + sum(layer.variant(c.name).cost(name, scenario) for layer, c in chosen)
+    parent = base + sum(layer.parent.cost(name, scenario) for layer in library.layers)
+    return total, parent

@@ -11,7 +11,7 @@ import torch
 
 from puzzle.child.export import read_manifest
 from puzzle.cli import main
-from puzzle.elastic import ElasticConfig, config_arch, load_elastic, read_summary
+from puzzle.elastic import ElasticConfig, config_arch, family, load_elastic, read_summary
 from puzzle.elastic.model import n_params
 from puzzle.library import BlockLibrary
 from puzzle.model import load_pretrained
@@ -46,7 +46,9 @@ def test_train_then_slice_every_budget(name: str, selection: str, corpus: Path, 
     parent_params = n_params(load_pretrained(parent))
     assert n_params(elastic.model) == parent_params  # one set of weights: deploying every budget costs one parent
     ids = torch.randint(0, elastic.arch.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
-    for budget in (0.8, 0.6, 0.4):
+    members = family(out)
+    assert [m.budget for m in members] == [0.8, 0.6, 0.4]
+    for budget, member in zip((0.8, 0.6, 0.4), members, strict=True):
         child_dir = tmp_path / f"child-{budget:g}"
         assert main(["elastic", "slice", "--model", str(out), "--budget", f"{budget:g}", "--out", str(child_dir)]) == 0
         assert "loadable by transformers, vllm" in capsys.readouterr().out
@@ -57,7 +59,13 @@ def test_train_then_slice_every_budget(name: str, selection: str, corpus: Path, 
         assert manifest["target"] == "vllm" and manifest["loadable_by"] == loadable_by(sliced)
         assert manifest["layers"] == [c.name for c in elastic.config_for(budget).layers]
         assert (child_dir / "tokenizer.json").is_file()
-        assert n_params(child) <= budget * parent_params
+        assert n_params(child) == member.params <= budget * parent_params
+        chosen = summary["budgets"][f"{budget:g}"]
+        assert member.config.to_list() == chosen["layers"] and member.cost == member.params  # cost: num_params
+        if selection == "mip":
+            assert member.objective == pytest.approx(chosen["objective"])
+        else:
+            assert member.cost_ratio == pytest.approx(chosen["cost_ratio"])
         with torch.no_grad():
             torch.testing.assert_close(child(ids), elastic(ids, budget=budget), rtol=0, atol=1e-5)
 
