@@ -207,9 +207,10 @@ def input_problems(
     return problems
 
 
-def corpus_problem(path: Path, held_out_fraction: float) -> str | None:
+def corpus_problem(path: Path, held_out_fraction: float, knob: str = "build.held_out_fraction") -> str | None:
     """Why the library stage could not use the corpus at ``path``: the same reading and split it does
-    (``puzzle.data.read_corpus`` / ``split_corpus``), needing training and held-out text both."""
+    (``puzzle.data.read_corpus`` / ``split_corpus``), needing training and held-out text both (``knob``: the
+    request's setting of the held-out share, named in the advice)."""
     from puzzle.data import read_corpus, split_corpus, split_problem
     from puzzle.errors import DataError
 
@@ -218,7 +219,7 @@ def corpus_problem(path: Path, held_out_fraction: float) -> str | None:
     except DataError as exc:
         return str(exc)
     problem = split_problem(train, held, held_out_fraction)
-    return None if problem is None else f"{problem}: add files or set build.held_out_fraction"
+    return None if problem is None else f"{problem}: add files or set {knob}"
 
 
 def parent_layers(parent: str, parents: Path) -> int | None:
@@ -247,14 +248,20 @@ def _objective_problem(objective: Any) -> str | None:
     return f"unknown objective {objective!r}: a built library has {', '.join(BUILT_METRICS)}"
 
 
-def _problems(r: PipelineRequest) -> Problems:
+def source_problems(parent: Any, corpus: Any, train_steps: int | None) -> Problems:
+    """What is wrong with a job's named inputs: ``parent`` and ``corpus`` are names, never paths, and
+    ``train_steps`` applies to a preset parent only (a pipeline's, an elastic job's)."""
     problems: Problems = []
-    for name in ("parent", "corpus"):
-        value = getattr(r, name)
+    for name, value in (("parent", parent), ("corpus", corpus)):
         if (value is not None or name == "parent") and not (isinstance(value, str) and re.match(NAME_PATTERN, value)):
             problems.append(((name,), f"{name} must be a name (letters, digits, '_', '.', '-'), never a path"))
-    if r.train_steps is not None and not r.is_preset:
+    if train_steps is not None and parent not in PARENT_PRESETS:
         problems.append((("train_steps",), "train_steps applies to preset parents only"))
+    return problems
+
+
+def _problems(r: PipelineRequest) -> Problems:
+    problems = source_problems(r.parent, r.corpus, r.train_steps)
     if r.build.space not in SPACE_PRESETS:
         problems.append(
             (("build", "space"), f"unknown space preset {r.build.space!r}; choose one of {', '.join(SPACE_PRESETS)}")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from puzzle.search.run import SearchResult
 
 STAGES = ("parent", "library", "search", "export")
+PARENT_DIR = "parent"  # a preset parent is trained in WORK/parent
 DEFAULT_HELD_OUT = 0.05  # share of a directory parent's corpus files held out for scoring
 
 
@@ -120,7 +121,7 @@ def parent_stage(
         return parent
     from puzzle.train import train_parent
 
-    folder = work / "parent"
+    folder = work / PARENT_DIR
     on_step = StepProgress(progress, train_stage)
     result = train_parent(
         parent, folder, None if corpus is None else str(corpus), steps=train_steps, on_step=on_step, on_status=status
