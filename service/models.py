@@ -24,7 +24,7 @@ from sqlalchemy.types import TypeDecorator
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
-JOB_KINDS = ("search", "pipeline")
+JOB_KINDS = ("search", "pipeline", "elastic")
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

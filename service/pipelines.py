@@ -3,10 +3,11 @@ settings-dependent half of ``puzzle.pipeline.request``, whose checks a submissio
 
 Layout under ``PUZZLE_ARTIFACTS`` (every path made by ``artifacts.inside``; clients only ever send names):
 
-    parents/<name>/          Hugging Face parent directories a pipeline may name as ``parent``
-    corpora/<name>           text files or folders a pipeline may name as ``corpus``
+    parents/<name>/          Hugging Face parent directories a pipeline (or elastic) job may name as ``parent``
+    corpora/<name>           text files or folders a pipeline (or elastic) job may name as ``corpus``
     pipelines/job-<id>/      one job's work: parent/ (a trained preset), library/ (library.json, weights/,
-                             work/ for the builder's resumable results), export/point-<k>/ + point-<k>.tar.gz
+                             work/ for the builder's resumable results), export/point-<k>/ + point-<k>.tar.gz;
+                             an elastic job's (``service.elastic``): parent/, elastic/, export/budget-<b>/ + .tar.gz
 
 Retention of work folders (docs/access.md): a succeeded job's is kept (its library and exports are served
 from it); a cancelled job's is deleted when the cancel is recorded; a failed job's is kept
@@ -30,6 +31,8 @@ from service.errors import InvalidInputError
 from service.models import Job, utcnow
 from service.schemas import PipelineJobCreate
 from service.settings import Settings
+
+WORK_KINDS = ("pipeline", "elastic")  # the job kinds with a work folder
 
 
 def work_dir(settings: Settings, job_id: int) -> Path:

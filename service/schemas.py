@@ -2,8 +2,10 @@
 
 The bodies of searches and pipelines are the HTTP face of puzzle's request types (``puzzle.search.request``,
 ``puzzle.pipeline.request``): their enums and defaults come from puzzle's constants, and a route turns a body
-into the request once (``SearchRequest.from_dict`` / ``service.pipelines.validate``). Response models read ORM
-rows directly (``from_attributes``).
+into the request once (``SearchRequest.from_dict`` / ``service.pipelines.validate``). An elastic job's body is
+``puzzle.elastic.ElasticRequest``'s fields (``service.elastic.validate``); a null (the default) there takes the
+request's default, since that module loads torch, which the API imports only when an elastic job is submitted.
+Response models read ORM rows directly (``from_attributes``).
 """
 
 from __future__ import annotations
@@ -254,7 +256,80 @@ class PipelineJobCreate(_Strict):
         return self
 
 
-JobCreate = Annotated[SearchJobCreate | PipelineJobCreate, Field(discriminator="kind")]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+MAX_BUDGETS = 16
+
+
+class ElasticSpaceParams(_Strict):
+    """The sizes scored for every layer, as fractions of the parent's per axis (each list includes 1.0; 0 removes
+    the subblock). Null: ``puzzle elastic train``'s defaults."""
+
+    attention: list[Fraction] | None = Field(default=None, min_length=1, max_length=16, description="KV groups")
+    ffn: list[Fraction] | None = Field(default=None, min_length=1, max_length=16, description="FFN channels")
+    mamba: list[Fraction] | None = Field(default=None, min_length=1, max_length=16, description="heads per group")
+
+
+class ElasticTrainParams(_Strict):
+    """Multi-budget distillation of the shared weights. Null: ``puzzle elastic train``'s defaults."""
+
+    tokens: int | None = Field(default=None, ge=0, le=10**10, description="distillation text tokens (0: no training)")
+    batch: int | None = Field(default=None, ge=1, le=4096, description="sequences per step")
+    seq_len: int | None = Field(default=None, ge=8, le=8192, description="tokens per sequence")
+    lr: float | None = Field(default=None, gt=0, le=1, description="peak learning rate")
+    budgets_per_step: int | None = Field(
+        default=None, ge=0, le=MAX_BUDGETS + 1, description="submodels trained per step (0: all)"
+    )
+
+
+class ElasticJobCreate(_Strict):
+    """One checkpoint for every budget (``puzzle elastic train``), each budget then sliced out as a Hugging Face
+    child (``GET /jobs/{id}/export?budget=b``), in a work folder of the job under ``PUZZLE_ARTIFACTS`` (a re-queued
+    job resumes there)."""
+
+    kind: Literal["elastic"]
+    parent: Name = Field(
+        description=f"a preset trained by the job ({' or '.join(PARENT_PRESETS)}), or the name of a Hugging Face "
+        "directory under PUZZLE_ARTIFACTS/parents/ (a name, never a path)",
+        examples=["tiny-llama"],
+    )
+    train_steps: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="preset parents: optimizer steps (default: the preset's)"
+    )
+    corpus: Name | None = Field(
+        default=None,
+        description="text to nest, score and distill on: the name of a file or folder under "
+        "PUZZLE_ARTIFACTS/corpora/ (default: the Python standard library of the worker)",
+    )
+    budgets: list[float] = Field(
+        min_length=1,
+        max_length=MAX_BUDGETS,
+        description="distinct fractions of the parent's cost in (0, 1], one submodel each",
+        examples=[[0.8, 0.6, 0.4]],
+    )
+    selection: Key | None = Field(
+        default=None, description="who picks each budget's submodel: mip (default, exact) or router (trained)"
+    )
+    cost: Key | None = Field(
+        default=None,
+        description="the cost a budget bounds: num_params (default), memory_mib, or runtime_ms with measure_latency",
+    )
+    objective: Key | None = Field(
+        default=None, description="the replace-one-block metric the MIP minimises: kl_div (default), lm_loss, cosine"
+    )
+    space: ElasticSpaceParams = Field(default_factory=ElasticSpaceParams)
+    train: ElasticTrainParams = Field(default_factory=ElasticTrainParams)
+    calibration_rows: int | None = Field(default=None, ge=1, le=100_000, description="rows that rank the parent")
+    holdout_rows: int | None = Field(default=None, ge=1, le=100_000, description="held-out rows that score slices")
+    score_seq_len: int | None = Field(default=None, ge=8, le=8192, description="tokens per calibration / held-out row")
+    held_out_fraction: float | None = Field(
+        default=None, gt=0, lt=1, description="share of corpus files held out for scoring (default: the preset's, 0.05)"
+    )
+    measure_latency: bool = Field(default=False, description="measure every slice's latency (runtime_ms)")
+    export: bool = Field(default=True, description="slice every budget into a Hugging Face child served as tar.gz")
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+JobCreate = Annotated[SearchJobCreate | PipelineJobCreate | ElasticJobCreate, Field(discriminator="kind")]
 
 
 class Progress(BaseModel):

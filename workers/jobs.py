@@ -4,6 +4,8 @@
     pipeline  ``puzzle.pipeline.stages.run_pipeline`` in the job's work folder, on Ray (``PUZZLE_RAY_ADDRESS``
               joins a cluster, else a local one is started); the built library is stored like an upload
               (``job.library_id``) before the search; each exported point is served by ``GET /jobs/{id}/export``
+    elastic   ``puzzle.pipeline.elastic.run_elastic`` in the job's work folder, in the worker's process: the
+              family per budget is the result, each budget's slice is served by ``GET /jobs/{id}/export?budget=``
 
 A job's spec is the JSON its REST body was validated into; it becomes puzzle's request with one ``from_dict``.
 """
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from puzzle.pipeline.request import PipelineRequest
 from puzzle.search.request import SearchRequest
-from service import crud, db, pipelines
+from service import crud, db, elastic, pipelines
 from service import libraries as library_store
 from service.errors import ConflictError
 
@@ -79,6 +81,24 @@ def run_pipeline_job(ctx: JobContext) -> dict[str, Any]:
     return result.to_dict(relative=lambda path: pipelines.relative(ctx.settings, path))
 
 
+def run_elastic_job(ctx: JobContext) -> dict[str, Any]:
+    """An ``elastic`` job: resumes from the job's work folder (``service.elastic`` lays it out)."""
+    from puzzle.pipeline.elastic import run_elastic
+    from puzzle.presets import PRESETS
+
+    run = run_elastic(
+        elastic.request(ctx.settings, ctx.spec, ctx.job_id),
+        pipelines.work_dir(ctx.settings, ctx.job_id),
+        preset=PRESETS.get(ctx.spec["parent"]),
+        train_steps=ctx.spec.get("train_steps"),
+        export=ctx.spec.get("export", True),
+        progress=ctx,
+        check=ctx.check,
+        status=ctx.log,
+    )
+    return run.to_dict(relative=lambda path: pipelines.relative(ctx.settings, path))
+
+
 def _register(ctx: JobContext, library: BlockLibrary, folder: Path) -> dict[str, Any]:
     """Store the built library like an upload (frontier, solve and the dashboard work on it); sets job.library_id."""
     digest = library.digest()
@@ -103,4 +123,8 @@ def _register(ctx: JobContext, library: BlockLibrary, folder: Path) -> dict[str,
         return {"library_id": row.id, "library_name": name, "library_digest": digest}
 
 
-RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {"search": run_search_job, "pipeline": run_pipeline_job}
+RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
+    "search": run_search_job,
+    "pipeline": run_pipeline_job,
+    "elastic": run_elastic_job,
+}

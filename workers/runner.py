@@ -181,7 +181,7 @@ class Worker:
             owned = crud.finish_job(
                 session, job_id=job.id, worker_id=self.worker_id, state=state, result=result, error=error
             )
-        if owned and state == "cancelled" and job.kind == "pipeline":
+        if owned and state == "cancelled" and job.kind in pipelines.WORK_KINDS:
             pipelines.remove_work(self.settings, job.id)  # the retention rule (service.pipelines)
         return state if owned else "lost"
 

@@ -180,6 +180,56 @@ def test_pipeline_submission_lists_every_problem(client: TestClient, settings: S
     assert job["spec"]["build"]["space"] == "demo" and job["spec"]["export_points"] == [0]
 
 
+def test_elastic_submission_lists_every_problem_and_stores_nothing(client: TestClient, settings: Settings) -> None:
+    (settings.artifacts / "parents").mkdir(parents=True, exist_ok=True)
+    body = {
+        "kind": "elastic",
+        "parent": "no-such-parent",
+        "train_steps": 3,
+        "corpus": "no-such-corpus",
+        "budgets": [0.5, 1.5],
+        "selection": "router",
+        "train": {"tokens": 0},
+        "cost": "runtime_ms",
+        "objective": "bleu",
+        "space": {"ffn": [0.5, 0.25]},
+    }
+    r = _submit(client, body)
+    assert r.status_code == 422, r.text
+    problems = {tuple(p["loc"]): p["msg"] for p in r.json()["detail"]}
+    assert set(problems) == {
+        ("body", "parent"),
+        ("body", "train_steps"),
+        ("body", "corpus"),
+        ("body", "budgets"),
+        ("body", "train", "tokens"),
+        ("body", "cost"),
+        ("body", "objective"),
+        ("body", "space"),
+    }
+    assert "tiny-llama" in problems[("body", "parent")] and "PUZZLE_ARTIFACTS/parents/" in problems[("body", "parent")]
+    assert "1.5" in problems[("body", "budgets")] and "measure_latency" in problems[("body", "cost")]
+    assert "router" in problems[("body", "train", "tokens")] and "include 1.0" in problems[("body", "space")]
+    # the body's own shape first (pydantic): unknown fields, no budgets, a fraction out of range
+    r = _submit(client, {"kind": "elastic", "parent": "tiny-llama", "budgets": [], "space": {"ffn": [2]}, "why": 1})
+    assert r.status_code == 422
+    assert {tuple(p["loc"][-2:]) for p in r.json()["detail"]} >= {("elastic", "budgets"), ("elastic", "why")}
+    # a corpus the family could not split names the elastic job's own knob
+    corpora = settings.artifacts / "corpora"
+    corpora.mkdir(parents=True, exist_ok=True)
+    (corpora / "empty.txt").write_text("")
+    r = _submit(client, {"kind": "elastic", "parent": "tiny-llama", "budgets": [0.5], "corpus": "empty.txt"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "corpus"], r.text
+    assert client.get("/api/v1/jobs").json()["data"] == []
+    # a preset parent with defaults is queued; its spec is the body (nulls: the request's defaults)
+    r = _submit(client, {"kind": "elastic", "parent": "tiny-hybrid", "budgets": [0.4, 0.8], "train_steps": 5})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "elastic" and job["state"] == "queued" and job["library_id"] is None
+    assert job["spec"]["budgets"] == [0.4, 0.8] and job["spec"]["selection"] is None and job["spec"]["export"]
+    assert [j["id"] for j in client.get("/api/v1/jobs", params={"kind": "elastic"}).json()["data"]] == [job["id"]]
+
+
 def test_writes_need_the_bearer_token_when_configured(settings: Settings, small_library: dict) -> None:
     secured = settings.model_copy(update={"api_token": SecretStr("s3cret")})
     with TestClient(create_app(secured)) as c:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from puzzle.library import BlockLibrary
 from puzzle.library.build import load_report
 from puzzle.model import load_pretrained
 from service.settings import Settings
-from tests.library import make_corpus, make_parent
 from tests.service.fixtures import REPO
 from workers.runner import Worker
 
@@ -40,21 +38,7 @@ TINY_BUILD = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_inputs(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A corpus and a tiny random parent placed where pipeline jobs may name them."""
-    scratch = tmp_path_factory.mktemp("pipeline-inputs")
-    corpus = make_corpus(settings.artifacts / "corpora" / "tiny-text")
-    make_parent(scratch / "parent", corpus)
-    shutil.copytree(scratch / "parent", settings.artifacts / "parents" / "tiny-parent")
-    return "tiny-parent", "tiny-text"
-
-
-@pytest.fixture(autouse=True)
-def _no_earlier_pipeline_work(settings: Settings) -> None:
-    """Job ids restart at 1 in every test (the jobs table is truncated), so an earlier test's ``job-1`` work
-    folder would be taken for this job's: start each test without any."""
-    shutil.rmtree(settings.artifacts / "pipelines", ignore_errors=True)
+pytestmark = pytest.mark.usefixtures("no_earlier_work")
 
 
 def _progress(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, int]]]:

@@ -11,7 +11,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from service import crud, libraries, pipelines, search
+from service import crud, elastic, libraries, pipelines, search
 from service.api.deps import MAX_ID, JobIdPath, SessionDep, SettingsDep
 from service.api.openapi import Message
 from service.artifacts import inside
@@ -19,6 +19,7 @@ from service.errors import ConflictError, invalid
 from service.models import TERMINAL_STATES, Job
 from service.schemas import (
     ArchitecturePublic,
+    ElasticJobCreate,
     JobCreate,
     JobEventPublic,
     JobEventsPublic,
@@ -51,12 +52,15 @@ def submit_job(
 ) -> JobPublic:
     """Queue a job (202 + Location). A replay with the same Idempotency-Key and body returns the same job.
 
-    The body is validated once into puzzle's request (a pipeline's, or a search's against its library); the
-    stored spec is the body's JSON, which the worker turns back into the request with one ``from_dict``."""
+    The body is validated once into puzzle's request (a pipeline's, an elastic family's, or a search's against
+    its library); the stored spec is the body's JSON, which the worker turns back into the request with one
+    ``from_dict``."""
     spec = body.model_dump(mode="json", exclude={"max_attempts"})
     library_id = None
     if isinstance(body, PipelineJobCreate):
         pipelines.validate(settings, body)
+    elif isinstance(body, ElasticJobCreate):
+        elastic.validate(settings, body)
     else:
         ref = crud.library_ref(session, library_id=body.library_id)
         if ref is None:
@@ -214,6 +218,8 @@ def get_job_architecture(
     """Per-layer view of one architecture of a finished search: which subblocks each layer keeps, at what size."""
     job = crud.get_job(session, job_id=job_id)
     result = _succeeded(job)
+    if job.kind == "elastic":
+        raise invalid(["path", "job_id"], f"job {job_id} is elastic: its result lists each budget's layers")
     library = search.load_library(settings, crud.get_library(session, library_id=job.library_id or 0))
     return search.architecture(library, result, point=point, library_id=job.library_id or 0, job_id=job.id)
 
@@ -228,13 +234,20 @@ def export_job_architecture(
     session: SessionDep,
     settings: SettingsDep,
     point: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    budget: Annotated[float | None, Query(gt=0, le=1, description="elastic jobs: the budget to download")] = None,
 ) -> Response:
-    """A tar.gz of one point of a finished job.
+    """A tar.gz of one point of a finished job, or of one budget of an elastic job.
 
     A pipeline job's exported point (``export_points``): the Hugging Face directory its export stage wrote
     (``config.json`` with ``block_configs``, safetensors, tokenizer, ``puzzle_manifest.json``). Any other point:
-    the architecture only (``architecture.json``, ``block_configs.json``, ``solution.json``; no weights)."""
+    the architecture only (``architecture.json``, ``block_configs.json``, ``solution.json``; no weights). An
+    elastic job's ``budget``: the child sliced out of the family (``config.json``, safetensors, tokenizer)."""
     job = crud.get_job(session, job_id=job_id)
+    if job.kind == "elastic":
+        path, name = elastic.export_archive(settings, job, _succeeded(job), budget)
+        return FileResponse(path, media_type="application/gzip", filename=name)
+    if budget is not None:
+        raise invalid(["query", "budget"], f"budget applies to elastic jobs; job {job_id} is a {job.kind} job")
     exported = ((_succeeded(job).get("pipeline") or {}).get("exports") or {}).get(str(point))
     if job.kind == "pipeline" and exported:
         path = inside(settings.artifacts, *exported["archive"].split("/"))
