@@ -94,7 +94,7 @@ async function loadJobs() {
     for (const job of page.data) {
       const tr = el("tr");
       tr.dataset.jobId = job.id;
-      tr.append(el("td", job.id), el("td", job.kind), el("td", job.spec.mode || ""), el("td", job.library_id ?? ""));
+      tr.append(el("td", job.id), el("td", job.kind), el("td", job.spec.mode || (job.spec.budgets ? `budgets ${job.spec.budgets.join(", ")}` : "")), el("td", job.library_id ?? ""));
       const st = el("td"); st.append(el("span", job.state + (job.cancel_requested && job.state === "running" ? " (cancelling)" : ""), `state ${job.state}`));
       tr.append(st, progressCell(job), el("td", new Date(job.created_at).toLocaleString()));
       tr.addEventListener("click", () => { location.hash = `#/jobs/${job.id}`; });
@@ -208,11 +208,11 @@ function renderJob(job) {
   $("job-error").textContent = job.error || "";
 }
 
-// Pipeline jobs: one row per stage (parent, library, search, export) with its latest step's progress.
-const PIPELINE_STAGES = ["parent", "library", "search", "export"];
+// Pipeline and elastic jobs: one row per stage with its latest step's progress.
+const STAGES = { pipeline: ["parent", "library", "search", "export"], elastic: ["parent", "elastic", "export"] };
 
 function trackStage(ev) {
-  if (ev.type !== "progress" || !state.job || state.job.kind !== "pipeline") return;
+  if (ev.type !== "progress" || !state.job || !STAGES[state.job.kind]) return;
   const [stage, step] = ev.data.stage.split("/");
   state.stages[stage] = { step: step || "", done: ev.data.done, total: ev.data.total };
   renderStages();
@@ -220,9 +220,9 @@ function trackStage(ev) {
 
 function renderStages() {
   const table = $("job-stages");
-  table.hidden = !state.job || state.job.kind !== "pipeline";
+  table.hidden = !state.job || !STAGES[state.job.kind];
   if (table.hidden) return;
-  const rows = PIPELINE_STAGES.map((name) => {
+  const rows = STAGES[state.job.kind].map((name) => {
     const s = state.stages[name];
     const bar = el("progress");
     bar.max = Math.max(s ? s.total : 1, 1);
@@ -252,6 +252,7 @@ async function openJob(id) {
   state.stages = {};
   $("job-events").replaceChildren();
   $("frontier-panel").hidden = true;
+  $("family-panel").hidden = true;
   $("arch-panel").hidden = true;
   try {
     const job = await api(`/jobs/${id}`);
@@ -307,6 +308,45 @@ $("job-cancel").addEventListener("click", async () => {
   try { renderJob(await api(`/jobs/${state.jobId}/cancel`, { method: "POST" })); } catch (e) { showError(e.message); }
 });
 
+// --- elastic family ------------------------------------------------------------------------------------
+
+// Per budget (largest first): the chosen configuration, its parameters, its predicted cost and quality.
+async function showFamily(job) {
+  const result = await api(`/jobs/${job.id}/result`);
+  state.result = result;
+  const info = result.elastic, family = result.family;
+  $("family-panel").hidden = false;
+  const training = info.training ? `${info.training.steps} distillation steps` : "no distillation";
+  $("family-summary").textContent = `${family.length} budgets of one ${fmt(info.parent_params)}-parameter parent, ` +
+    `chosen by ${info.selection} on ${info.cost}; ${training}`;
+  const budgets = family.map((m) => m.budget);
+  const quality = `predicted ${info.objective} (sum over layers)`;
+  await Plotly.react("family-plot", [
+    { x: budgets, y: family.map((m) => m.objective), type: "scatter", mode: "lines+markers", name: quality, yaxis: "y" },
+    { x: budgets, y: family.map((m) => m.params), type: "bar", name: "parameters", yaxis: "y2", opacity: 0.4 },
+  ], {
+    margin: { t: 10 }, xaxis: { title: { text: `budget (fraction of the parent's ${info.cost})` } },
+    yaxis: { title: { text: quality } }, yaxis2: { title: { text: "parameters" }, overlaying: "y", side: "right", rangemode: "tozero" },
+    legend: { orientation: "h" }, hovermode: "x",
+  }, { responsive: true });
+  const rows = family.map((m) => {
+    const tr = el("tr");
+    tr.dataset.budget = m.budget;
+    const layers = m.layers.map((c) => `a${c.attention}.f${c.ffn}.m${c.mamba}`).join(" ");
+    const link = el("td");
+    if (m.export) {
+      const a = el("a", "tar.gz");
+      a.href = `${API}/jobs/${job.id}/export?budget=${m.budget}`;
+      link.append(a);
+    }
+    tr.append(el("td", fmt(m.budget)), el("td", fmt(m.params)), el("td", `${fmt(100 * m.cost_ratio)} %`),
+      el("td", fmt(m.objective)), el("td", layers, "layers"), link);
+    return tr;
+  });
+  $("family-table").tBodies[0].replaceChildren(...rows);
+  $("family-plot").dataset.ready = "1";
+}
+
 // --- frontier plot -------------------------------------------------------------------------------------
 
 function axisValue(point, result) {
@@ -335,6 +375,7 @@ function trace(jobId, result, name) {
 }
 
 async function showResult(job) {
+  if (job.kind === "elastic") return showFamily(job);
   if (job.kind !== "search") return;
   const result = await api(`/jobs/${job.id}/result`);
   state.result = result;

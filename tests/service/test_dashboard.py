@@ -180,3 +180,72 @@ def test_pipeline_job_page_shows_its_four_stages(settings: Settings, pg_url: str
         )
         browser.close()
         assert errors == []
+
+
+@pytest.mark.slow
+def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> None:
+    """A finished elastic job's page plots each budget's predicted quality and parameters and lists the budgets
+    with their export links; its stage rows are parent / elastic / export."""
+    from playwright.sync_api import sync_playwright
+
+    from puzzle.elastic import ElasticConfig, ElasticRequest, FamilyMember, LayerChoice
+    from puzzle.pipeline.elastic import ElasticRun
+    from puzzle.pipeline.stages import Exported
+    from service import crud, db
+
+    members = tuple(
+        FamilyMember(b, ElasticConfig((LayerChoice(a, f, 0), LayerChoice(2, 256, 0))), p, p, r, kl)
+        for b, a, f, p, r, kl in [(0.8, 2, 128, 51_000, 0.79, 0.12), (0.5, 1, 64, 32_000, 0.49, 0.61)]
+    )
+    run = ElasticRun(
+        request=ElasticRequest(parent="parents/p", budgets=(0.8, 0.5), out="pipelines/job-1/elastic"),
+        preset=None,
+        summary={
+            "selection": "mip",
+            "cost": "num_params",
+            "objective": "kl_div",
+            "parent_params": 64_000,
+            "training": None,
+        },
+        family=members,
+        exports={0.8: Exported(Path("pipelines/job-1/export/budget-0.8"), Path("pipelines/job-1/export/b.tar.gz"), [])},
+        seconds={},
+    )
+    result = run.to_dict()
+    sessions = db.session_factory(db.engine_for(db.normalise_url(pg_url)))
+    with db.session_scope(sessions) as session:
+        job, _ = crud.submit_job(
+            session, kind="elastic", spec={"parent": "p", "budgets": [0.8, 0.5]}, library_id=None, max_attempts=1
+        )
+        job_id = job.id
+    with db.session_scope(sessions) as session:
+        crud.claim_job(session, worker_id="w-family")
+    for stage, done, total in [("parent", 1, 1), ("elastic/score", 2, 2), ("elastic/distill", 4, 4), ("export", 1, 2)]:
+        with db.session_scope(sessions) as session:
+            crud.set_progress(session, job_id=job_id, worker_id="w-family", stage=stage, done=done, total=total)
+    with db.session_scope(sessions) as session:
+        crud.finish_job(session, job_id=job_id, worker_id="w-family", state="succeeded", result=result)
+    with serve(pg_url, settings.artifacts, workers=0) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/#/jobs/{job_id}")
+        page.wait_for_selector("#family-plot[data-ready='1']")
+        assert page.is_visible("#family-panel") and not page.is_visible("#frontier-panel")
+        plotted = page.evaluate("() => document.getElementById('family-plot').data.map((t) => [t.x, t.y])")
+        assert plotted == [[[0.8, 0.5], [0.12, 0.61]], [[0.8, 0.5], [51_000, 32_000]]]
+        rows = page.query_selector_all("#family-table tbody tr")
+        cells = [r.inner_text().split("\t") for r in rows]
+        assert [c[:4] for c in cells] == [["0.8", "51000", "79 %", "0.12"], ["0.5", "32000", "49 %", "0.61"]]
+        assert cells[0][4].strip() == "a2.f128.m0 a2.f256.m0"
+        assert rows[0].query_selector("a").get_attribute("href") == f"/api/v1/jobs/{job_id}/export?budget=0.8"
+        assert rows[1].query_selector("a") is None  # not exported
+        page.wait_for_function(
+            "document.querySelector(\"#job-stages tr[data-stage='export'] .stage-text\")?.textContent === '1/2'"
+        )
+        stages = [r.get_attribute("data-stage") for r in page.query_selector_all("#job-stages tr")]
+        assert stages == ["parent", "elastic", "export"]
+        assert page.inner_text("#job-stages tr[data-stage='elastic'] .stage-text") == "distill 4/4"
+        browser.close()
+        assert errors == []
