@@ -126,3 +126,27 @@ def test_a_cancelled_elastic_job_leaves_no_work_folder(
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["cancel_requested"]
     assert worker.execute(job) == "cancelled"
     assert not work.exists()
+
+
+def test_elastic_job_on_a_preset_parent_with_the_router(
+    client: TestClient, settings: Settings, tiny_inputs: tuple[str, str]
+) -> None:
+    """A preset parent is trained in the job's work folder first (2 steps here); the router picks each budget."""
+    _, corpus = tiny_inputs
+    body = {"kind": "elastic", "parent": "tiny-llama", "train_steps": 2, "corpus": corpus, "selection": "router"}
+    body |= {**TINY, "budgets": [0.7]}
+    job_id = client.post("/api/v1/jobs", json=body).json()["id"]
+    assert Worker(settings, worker_id="w-elastic-router").run_once() == job_id
+    job = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert job["state"] == "succeeded", job["error"]
+    progress = _progress(client.get(f"/api/v1/jobs/{job_id}/events").json()["data"])
+    assert list(progress) == ["parent/train", "elastic/score", "elastic/distill", "export"]
+    assert progress["parent/train"][-1] == (2, 2) and progress["elastic/score"][-1] == (8, 8)
+    result = client.get(f"/api/v1/jobs/{job_id}/result").json()
+    info, (member,) = result["elastic"], result["family"]
+    assert info["parent"] == {"path": f"pipelines/job-{job_id}/parent", "preset": "tiny-llama"}
+    summary = read_summary(settings.artifacts / info["dir"])
+    assert info["selection"] == "router" and member["layers"] == summary["budgets"]["0.7"]["layers"]
+    assert member["cost_ratio"] == pytest.approx(summary["budgets"]["0.7"]["cost_ratio"])
+    r = client.get(f"/api/v1/jobs/{job_id}/export", params={"budget": 0.7})
+    assert r.status_code == 200 and len(r.content) > 0
