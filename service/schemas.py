@@ -267,6 +267,9 @@ class ElasticSpaceParams(_Strict):
     attention: list[Fraction] | None = Field(default=None, min_length=1, max_length=16, description="KV groups")
     ffn: list[Fraction] | None = Field(default=None, min_length=1, max_length=16, description="FFN channels")
     mamba: list[Fraction] | None = Field(default=None, min_length=1, max_length=16, description="heads per group")
+    ffn_multiple: int | None = Field(
+        default=None, ge=1, le=65_536, description="FFN widths on this grid (default: the target's, 256 or 1)"
+    )
 
 
 class ElasticTrainParams(_Strict):
@@ -325,6 +328,10 @@ class ElasticJobCreate(_Strict):
         default=None, gt=0, lt=1, description="share of corpus files held out for scoring (default: the preset's, 0.05)"
     )
     measure_latency: bool = Field(default=False, description="measure every slice's latency (runtime_ms)")
+    target: TargetName | None = Field(
+        default=DEFAULT_TARGET,
+        description="deployment target: score, choose and slice only children this engine loads (null: any)",
+    )
     export: bool = Field(default=True, description="slice every budget into a Hugging Face child served as tar.gz")
     max_attempts: int | None = Field(default=None, ge=1, le=100)
 

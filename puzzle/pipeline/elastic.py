@@ -49,6 +49,7 @@ class ElasticRun:
                 "selection": s["selection"],
                 "cost": s["cost"],
                 "objective": s["objective"],
+                "target": s["target"],
                 "parent_params": s["parent_params"],
                 "training": None
                 if training is None

@@ -318,7 +318,7 @@ async function showFamily(job) {
   $("family-panel").hidden = false;
   const training = info.training ? `${info.training.steps} distillation steps` : "no distillation";
   $("family-summary").textContent = `${family.length} budgets of one ${fmt(info.parent_params)}-parameter parent, ` +
-    `chosen by ${info.selection} on ${info.cost}; ${training}`;
+    `chosen by ${info.selection} on ${info.cost} among children ${info.target || "any engine"} loads; ${training}`;
   const budgets = family.map((m) => m.budget);
   const quality = `predicted ${info.objective} (sum over layers)`;
   await Plotly.react("family-plot", [

@@ -205,6 +205,7 @@ def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> N
             "cost": "num_params",
             "objective": "kl_div",
             "parent_params": 64_000,
+            "target": "vllm",
             "training": None,
         },
         family=members,
@@ -233,6 +234,7 @@ def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> N
         page.goto(f"{base}/#/jobs/{job_id}")
         page.wait_for_selector("#family-plot[data-ready='1']")
         assert page.is_visible("#family-panel") and not page.is_visible("#frontier-panel")
+        assert "children vllm loads; no distillation" in page.inner_text("#family-summary")
         plotted = page.evaluate("() => document.getElementById('family-plot').data.map((t) => [t.x, t.y])")
         assert plotted == [[[0.8, 0.5], [0.12, 0.61]], [[0.8, 0.5], [51_000, 32_000]]]
         rows = page.query_selector_all("#family-table tbody tr")

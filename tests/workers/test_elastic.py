@@ -14,6 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from puzzle.child.export import read_manifest
 from puzzle.elastic import load_elastic, read_summary
 from puzzle.elastic.model import n_params
 from puzzle.model import load_pretrained
@@ -75,7 +76,12 @@ def test_elastic_job_builds_the_family_and_exports_each_budget(
     info, family = result["elastic"], result["family"]
     folder = settings.artifacts / info["dir"]
     summary = read_summary(folder)
-    assert (info["selection"], info["cost"], info["objective"]) == ("mip", "num_params", "kl_div")
+    assert (info["selection"], info["cost"], info["objective"], info["target"]) == (
+        "mip",
+        "num_params",
+        "kl_div",
+        "vllm",
+    )
     assert info["parent"] == {"path": f"parents/{parent}"} and info["training"]["steps"] == 4
     assert [m["budget"] for m in family] == [0.8, 0.6]
     for member in family:
@@ -96,7 +102,8 @@ def test_elastic_job_builds_the_family_and_exports_each_budget(
         with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
             tar.extractall(tmp_path / f"b{member['budget']}", filter="data")
         (child_dir,) = (tmp_path / f"b{member['budget']}").iterdir()
-        assert {"config.json", "tokenizer.json"} <= {p.name for p in child_dir.iterdir()}
+        assert {"config.json", "tokenizer.json", "puzzle_manifest.json"} <= {p.name for p in child_dir.iterdir()}
+        assert read_manifest(child_dir)["loadable_by"] and read_manifest(child_dir)["target"] == "vllm"
         child = load_pretrained(child_dir).eval()
         assert n_params(child) == member["params"]
         with torch.no_grad():
@@ -134,7 +141,7 @@ def test_elastic_job_on_a_preset_parent_with_the_router(
     """A preset parent is trained in the job's work folder first (2 steps here); the router picks each budget."""
     _, corpus = tiny_inputs
     body = {"kind": "elastic", "parent": "tiny-llama", "train_steps": 2, "corpus": corpus, "selection": "router"}
-    body |= {**TINY, "budgets": [0.7]}
+    body |= {**TINY, "budgets": [0.7], "target": None, "space": {"ffn_multiple": 64}}
     job_id = client.post("/api/v1/jobs", json=body).json()["id"]
     assert Worker(settings, worker_id="w-elastic-router").run_once() == job_id
     job = client.get(f"/api/v1/jobs/{job_id}").json()
@@ -147,6 +154,8 @@ def test_elastic_job_on_a_preset_parent_with_the_router(
     assert info["parent"] == {"path": f"pipelines/job-{job_id}/parent", "preset": "tiny-llama"}
     summary = read_summary(settings.artifacts / info["dir"])
     assert info["selection"] == "router" and member["layers"] == summary["budgets"]["0.7"]["layers"]
+    assert info["target"] is None and summary["space"]["ffn_multiple"] == 64
+    assert all(layer["ffn"] % 64 == 0 for layer in member["layers"])
     assert member["cost_ratio"] == pytest.approx(summary["budgets"]["0.7"]["cost_ratio"])
     r = client.get(f"/api/v1/jobs/{job_id}/export", params={"budget": 0.7})
     assert r.status_code == 200 and len(r.content) > 0
