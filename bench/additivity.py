@@ -1,7 +1,7 @@
 """Does the additive latency model hold? Random children of both tiny parents, measured against predicted.
 
     nice -n 0 python bench/additivity.py [--archs 20] [--parents tiny-llama,tiny-hybrid] [--kinds prefill,decode]
-                                         [--repeats 5] [--warmup 2] [--threads 1] [--dt-max 1.0] [--json PATH]
+                                         [--repeats 5] [--warmup 2] [--threads 1] [--dt-max 1.0] [--noise 5] [--json PATH]
 
 For each parent (the presets' shapes, random weights: latency does not depend on training) it draws
 ``--archs`` children from the default search space, from shallow cuts (every layer the parent's or a
@@ -16,7 +16,9 @@ a cost that depends on the weights shows up here.
 Prints per child and scenario the predicted and measured ms and the error (measured - predicted) in % of the
 prediction, then per parent and scenario the median and max |error| (target on a quiet CPU: median <= 5 %,
 max <= 10 %), twice: from median timings (what a library records) and from each timing's fastest run (on a
-machine shared with other work the medians absorb the others' load, the fastest runs much less).
+machine shared with other work the medians absorb the others' load, the fastest runs much less). Beside them, the
+noise floor: the parent measured as ``--noise`` fresh instances of the same architecture, and how far those lie
+from their median (no prediction can be closer than identical models are to each other).
 """
 
 from __future__ import annotations
@@ -133,6 +135,25 @@ def run_parent(name: str, args: argparse.Namespace, scenarios: tuple[Scenario, .
     return cases
 
 
+def noise_floor(name: str, args: argparse.Namespace, scenarios: tuple[Scenario, ...]) -> dict[str, dict[str, float]]:
+    """The same architecture (the parent) measured as ``--noise`` fresh instances: how far identical models' timings
+    lie apart on this machine (memory placement, the host), the floor under any prediction error. Per scenario:
+    median and max |deviation| from the instances' median, in %."""
+    preset = get_preset(name)
+    arch = preset.make_arch(preset.vocab_size)
+    runs: dict[str, list[float]] = {sc.name: [] for sc in scenarios}
+    for k in range(args.noise):
+        model = trained_like(CausalLM(arch), args.dt_max, args.seed + 1000 + k)
+        for sc_name, got in measure_model(model, scenarios, warmup=args.warmup, repeats=args.repeats).items():
+            runs[sc_name].append(got["runtime_ms"])
+    out = {}
+    for sc_name, values in runs.items():
+        mid = statistics.median(values)
+        dev = [abs(100.0 * (v - mid) / mid) for v in values]
+        out[sc_name] = {"median_abs_dev_pct": statistics.median(dev), "max_abs_dev_pct": max(dev), "ms": values}
+    return out
+
+
 def summary(cases: list[Case]) -> list[dict[str, object]]:
     rows = []
     for key in dict.fromkeys((c.parent, c.scenario) for c in cases):
@@ -162,24 +183,29 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dt-max", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", type=int, default=5, help="fresh instances of the parent timed for the noise floor")
     parser.add_argument("--json", default=None, help="write every case and the summary here")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     scenarios = tuple(s for s in default_scenarios("cpu", "float32", args.threads) if s.kind in kinds)
-    cases = []
+    cases, floors = [], {}
     for name in args.parents.split(","):
         cases += run_parent(name, args, scenarios)
-    print(f"\n{'':<46}{'from medians (library)':>28}   {'from fastest runs':>28}")
+        floors[name] = noise_floor(name, args, scenarios) if args.noise > 1 else {}
+    print(f"\n{'':<46}{'from medians (library)':>28}   {'from fastest runs':>28}   {'noise floor':>28}")
     print(
         f"{'parent':<12} {'scenario':<26} {'archs':>5} {'median |err| %':>15} {'max |err| %':>12}   "
-        f"{'median |err| %':>15} {'max |err| %':>12}"
+        f"{'median |err| %':>15} {'max |err| %':>12}   {'median |dev| %':>15} {'max |dev| %':>12}"
     )
     rows = summary(cases)
     for r in rows:
+        floor = floors.get(str(r["parent"]), {}).get(str(r["scenario"]))
+        r["noise_floor"] = floor
+        noise = f"{floor['median_abs_dev_pct']:>15.1f} {floor['max_abs_dev_pct']:>12.1f}" if floor else ""
         print(
             f"{r['parent']:<12} {r['scenario']:<26} {r['archs']:>5} {r['median_abs_error_pct']:>15.1f} "
             f"{r['max_abs_error_pct']:>12.1f}   {r['min_timing_median_abs_error_pct']:>15.1f} "
-            f"{r['min_timing_max_abs_error_pct']:>12.1f}"
+            f"{r['min_timing_max_abs_error_pct']:>12.1f}   {noise}"
         )
     if args.json:
         from puzzle.files import write_text

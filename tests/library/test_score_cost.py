@@ -107,3 +107,19 @@ def test_scenario_threads_round_trip_and_validation() -> None:
     assert Scenario.from_dict({k: v for k, v in sc.to_dict().items() if k != "threads"}).threads == 0
     with pytest.raises(PuzzleError, match="threads"):
         Scenario("p", threads=-1)
+
+
+def test_timing_runs_from_a_cold_cache_with_a_steady_allocator() -> None:
+    import platform
+    from pathlib import Path
+
+    from puzzle.library import cost
+
+    sizes = [f.read_text().strip() for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size")]
+    if sizes:  # the flush buffer is twice the largest cache sysfs lists
+        assert cost._flush_buffer(torch.device("cpu")).numel() * 4 == 2 * cost._cache_bytes() >= 2 * 2**20
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert cost._steady_allocator() is True
+    calls: list[int] = []
+    median, spread = cost.time_ms(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=5)
+    assert len(calls) == 7 and median >= 0 and spread >= 0
