@@ -1,7 +1,7 @@
 """The router: per elastic axis, a small network mapping a budget to per-layer choices, trained end to end.
 
 Axes: ``attention`` (KV groups kept, with their queries), ``ffn`` (channels), ``mamba`` (heads per group) and
-``depth`` (keep / skip). Each axis router maps the one-hot of the budget to logits ``(L, options)`` (the width
+``depth`` (keep / skip, where the grid allows the layer's removal). Each axis router maps the one-hot of the budget to logits ``(L, options)`` (the width
 sizes of the ``ElasticGrid`` above 0 for the layer's subblock; removal is the depth axis' job). A choice is drawn
 with straight-through Gumbel-softmax (``hard``: a one-hot forward, soft gradients), and the *masked* forward
 runs the full-width nested parent with prefix masks built from the one-hots:
@@ -45,11 +45,13 @@ AXES = (*WIDTH_AXES, "depth")
 
 
 def width_options(grid: ElasticGrid) -> dict[str, list[list[int]]]:
-    """Per width axis, per layer: the kept sizes a router may pick (largest first; ``[0]`` when absent)."""
-    out: dict[str, list[list[int]]] = {a: [] for a in WIDTH_AXES}
+    """Per axis, per layer: the kept sizes a router may pick (largest first; ``[0]`` when absent); for ``depth``
+    ``[1, 0]`` (keep, skip) where the grid lets the layer be skipped, else ``[1]``."""
+    out: dict[str, list[list[int]]] = {a: [] for a in AXES}
     for i in range(len(grid.sizes)):
         for axis in WIDTH_AXES:  # removing a subblock is the depth axis' job: sizes above 0 only
             out[axis].append([s for s in grid.axis_sizes(i, axis) if s > 0] or [0])
+        out["depth"].append([1, 0] if grid.can_skip(i) else [1])
     return out
 
 
@@ -68,8 +70,10 @@ class Router(nn.Module):
                 for a in AXES
             }
         )
+        depth = options.get("depth", [[1, 0]] * n_layers)  # layers the grid lets the router skip
         valid = {a: torch.tensor([[j < len(o) for j in range(sizes[a])] for o in options[a]]) for a in WIDTH_AXES}
-        for a in WIDTH_AXES:
+        valid["depth"] = torch.tensor([[j < len(o) for j in range(2)] for o in depth])
+        for a in AXES:
             self.register_buffer(f"valid_{a}", valid[a], persistent=False)
         with torch.no_grad():  # start from "keep everything": full width and kept layers are preferred
             for a in AXES:
@@ -85,10 +89,12 @@ class Router(nn.Module):
         out = {}
         for a in AXES:
             z = self.nets[a](x).view(-1, self.sizes[a])
-            if a != "depth":
-                z = z.masked_fill(~getattr(self, f"valid_{a}"), -1e9)
-            out[a] = z
+            out[a] = z.masked_fill(~getattr(self, f"valid_{a}"), -1e9)
         return out
+
+    def valid(self, axis: str) -> torch.Tensor:
+        """(L, options) bool: which options of ``axis`` each layer may take."""
+        return getattr(self, f"valid_{axis}")
 
     def sample(self, budget_index: int, tau: float) -> dict[str, torch.Tensor]:
         """Straight-through Gumbel-softmax one-hots per axis: (L, options)."""
@@ -199,7 +205,8 @@ class CostModel:
                 except Exception as exc:
                     raise ConfigError(f"the nested library lacks layer {i} variant {choice.name}: {exc}") from None
             tables.append(t)
-            skip.append(layer.variant(LayerChoice().name).cost(name, scen))
+            can_skip = 0 in options.get("depth", [[1, 0]] * len(library.layers))[i]
+            skip.append(layer.variant(LayerChoice().name).cost(name, scen) if can_skip else 0.0)  # 0: never picked
         non_block = library.non_block_cost(name, scen)
         parent = non_block + sum(layer.parent.cost(name, scen) for layer in library.layers)
         return cls(tuple(tables), tuple(skip), non_block, parent, key)
@@ -230,7 +237,7 @@ def extract(router: Router, cost: CostModel, budgets: Sequence[float]) -> dict[f
                 for i in range(len(cost.tables)):
                     for a in AXES:
                         j = int(picks[a][i].argmax())
-                        n_valid = 2 if a == "depth" else len(router.options[a][i])
+                        n_valid = int(router.valid(a)[i].sum())
                         if j + 1 >= n_valid:
                             continue
                         trial = {k: v.clone() for k, v in picks.items()}

@@ -169,6 +169,10 @@ class ElasticGrid:
         one, ``(0,)`` where absent; 0 (removed) when the space's fractions include it."""
         return self.sizes[layer][AXES.index(axis)]
 
+    def can_skip(self, layer: int) -> bool:
+        """Whether ``layer`` may be skipped: every axis may remove its subblock (the space's fractions include 0)."""
+        return all(0 in s for s in self.sizes[layer])
+
     def layer_choices(self, layer: int) -> tuple[LayerChoice, ...]:
         """Every candidate of ``layer`` (the product of its axes' sizes), the full one first."""
         sizes = self.sizes[layer]

@@ -110,6 +110,8 @@ def test_router_over_a_target_grid_extracts_only_children_the_target_loads(name:
 def _picks_of(config, options, n_layers):  # type: ignore[no-untyped-def]
     picks = {}
     for axis, per_layer in options.items():
+        if axis == "depth":
+            continue
         width = max(len(o) for o in per_layer)
         rows = []
         for i, o in enumerate(per_layer):
@@ -151,3 +153,32 @@ def test_router_training_resumes_exactly(routed, tmp_path) -> None:  # type: ign
     assert again.resumed_from == 3 and again.losses == pytest.approx(whole.losses, abs=1e-5)
     for name, t in router.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], t, rtol=0, atol=1e-5)
+
+
+def test_router_skips_only_layers_the_space_lets_it_remove() -> None:
+    elastic, holdout = _elastic("llama")
+    space = ElasticSpace(attention=(1.0, 0.5), ffn=(1.0, 0.5), mamba=(1.0,))  # no 0: no layer may be skipped
+    grid = space.grid(elastic.arch)
+    library = nested_library(elastic, grid, holdout, scenarios=default_scenarios())
+    options = width_options(grid)
+    assert options["depth"] == [[1]] * elastic.arch.n_layers
+    cost = CostModel.from_library(library, options, "num_params")
+    router = Router(options, elastic.arch.n_layers, len(BUDGETS))
+    with torch.no_grad():  # a router that wants to skip every layer
+        router.nets["depth"][-1].bias.copy_(torch.tensor([-5.0, 5.0]).repeat(elastic.arch.n_layers))
+    for b in range(len(BUDGETS)):
+        assert bool((router.sample(b, 1.0)["depth"][:, 0] == 1).all())
+    smallest = float(
+        cost.ratio(
+            {
+                a: F.one_hot(torch.tensor([len(o) - 1 for o in options[a]]), 2).float()
+                for a in ("attention", "ffn", "mamba")
+            }
+            | {"depth": torch.tensor([[1.0, 0.0]] * elastic.arch.n_layers)}
+        )
+    )
+    configs = extract(router, cost, (0.99, smallest + 1e-6))
+    assert all(not c.is_skip for config in configs.values() for c in config.layers)
+    # with 0 in the space the same router does skip
+    free = width_options(ElasticSpace().grid(elastic.arch))
+    assert free["depth"] == [[1, 0]] * elastic.arch.n_layers
