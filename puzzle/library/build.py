@@ -47,7 +47,7 @@ class BuildConfig:
     device: str = "cpu"  # where BLD, scoring and profiling run ("cuda": tasks ask Ray for a GPU)
     dtype: str = "float32"  # profiling dtype
     parent_dtype: str | None = None  # the parent's compute dtype in BLD / scoring (None: as stored)
-    prefix_resident_mb: float | None = 64.0  # earlier parent layers a BLD task holds (the rest: read per batch)
+    prefix_resident_mb: float | None = 0.0  # earlier parent layers a BLD task holds (the rest: read per batch)
     accelerator_type: str | None = None  # Ray accelerator type profiling tasks ask for (e.g. "H100")
     warmup: int = 3
     repeats: int = 10
