@@ -75,10 +75,9 @@ def _puzzle_rows(args: argparse.Namespace, parent: Path, lib_dir: Path, rows: np
         for method in ("puzzle", "uniform"):
             if method == "puzzle":
                 layers = list(solve(library, "kl_div", [f"num_params<={100 * budget:g}%"]).layers)
-            else:  # predicted_cost (child/assess.py) leaves out the non-block part of scenario-free costs: so do we
-                nb = library.non_block_cost("num_params", None)
+            else:  # whole-model parameters, as the MIP's percentage bound counts them (child/assess.predicted_cost)
                 try:
-                    layers = uniform_width(library, budget * parent_total - nb, key="num_params")
+                    layers = uniform_width(library, budget * parent_total, key="num_params")
                 except InfeasibleError as exc:
                     out.append(
                         {"budget": budget, "method": method, "perplexity": None, "params": None, "note": str(exc)}
