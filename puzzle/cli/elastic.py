@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="nest a parent, choose each budget's submodel (MIP) and distil all budgets into one set of weights",
         description="Rank and permute the parent so every smaller size is a prefix, score every nested slice of "
         "every layer (replace-one-block KL), let the MIP choose each budget's configuration, then train the shared "
-        "weights on all budgets at once (two-stage curriculum). Writes OUT/model (HF), OUT/library and "
-        "OUT/elastic.json. Rerun the same command to resume.",
+        "weights on all budgets at once (two-stage curriculum) and measure every budget's held-out perplexity. Writes "
+        "OUT/model (HF), OUT/library and OUT/elastic.json. Rerun the same command to resume.",
     )
     train.add_argument("--parent", required=True, metavar="DIR", help="parent HF directory (with tokenizer.json)")
     train.add_argument("--budgets", required=True, help="fractions of the parent's cost, e.g. 0.8,0.6,0.4")
@@ -155,8 +155,12 @@ def _train(args: argparse.Namespace) -> int:
         line = f"budget {key}: MIP {summary['cost']} {share:.1f}% of the parent, KL sum {mip['objective']:.4f}"
         if summary["selection"] == "router":
             line += f"; router {100 * summary['budgets'][key]['cost_ratio']:.1f}%"
-        print(line)
-    print(f"parent {summary['parent_params']:,} parameters; wrote {args.out}")
+        print(f"{line}; held-out perplexity {summary['budgets'][key]['perplexity']:.3f}")
+    on = summary["perplexity_on"]
+    print(
+        f"parent {summary['parent_params']:,} parameters, held-out perplexity {summary['parent_perplexity']:.3f} "
+        f"({on['tokens']:,} tokens); wrote {args.out}"
+    )
     return 0
 
 

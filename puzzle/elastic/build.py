@@ -2,7 +2,8 @@
 
 ``build_elastic`` runs the stages in order, each restartable:
 
-1. load the parent and its tokenizer; the corpus splits into train / held-out (``puzzle.data``);
+1. load the parent and its tokenizer; the corpus splits into train / held-out (``puzzle.data``); the parent's
+   held-out perplexity, before anything changes its weights;
 2. the candidate grid, as soon as the parent is read: the space's sizes per layer that the deployment ``target``
    loads (``ElasticSpace.grid``; default ``puzzle.targets.DEFAULT_TARGET``, None: no restriction);
 3. nest the parent (``nest.py``) on calibration rows of the train split;
@@ -10,9 +11,15 @@
    ``OUT/library`` and reused when its key (parent, rows, grid, latency flag) matches;
 5. the MIP picks each budget's configuration (``select.choose_configs``);
 6. multi-budget distillation (``distill.train_elastic``), resumable from ``OUT/state``;
-7. write ``OUT/model`` (the shared weights: a normal HF directory of the nested parent, tokenizer included) and,
-   last, ``OUT/elastic.json`` (budgets with their configurations and MIP totals, space, target, cost, nesting
-   report, training summary). A folder holding ``elastic.json`` is complete.
+7. the held-out perplexity of every budget's child (its configuration sliced out of the trained weights, as
+   ``slice_budget`` exports it) on the scoring rows of stage 4, as the parent's in stage 1;
+8. write ``OUT/model`` (the shared weights: a normal HF directory of the nested parent, tokenizer included) and,
+   last, ``OUT/elastic.json`` (budgets with their configurations, MIP totals and perplexity, the parent's
+   perplexity and the rows it was measured on, space, target, cost, nesting report, training summary). A folder
+   holding ``elastic.json`` is complete.
+
+Schema 2 added the perplexities; a schema-1 folder still reads (``read_summary``), and rerunning its build
+measures them and rewrites its ``elastic.json`` instead of rebuilding.
 
 ``load_elastic(OUT)`` gives the ``ElasticLM``; ``slice_budget(OUT, 0.6, CHILD)`` writes the budget's submodel
 as a standalone child (no training) through the one export path, ``puzzle.child.export.export_point``: a
@@ -44,7 +51,8 @@ from puzzle.pipeline.request import BUILT_METRICS
 from puzzle.search.request import Problems, RequestError
 from puzzle.targets import DEFAULT_TARGET, get_target, require_loadable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: held-out perplexities (parent_perplexity, perplexity_on, each budget's perplexity)
+READABLE_VERSIONS = (1, 2)
 ELASTIC_FILE = "elastic.json"
 MODEL_DIR = "model"
 LIBRARY_DIR = "library"
@@ -230,6 +238,9 @@ def build_elastic(
     if (out / ELASTIC_FILE).is_file():
         summary = read_summary(out)
         if summary.get("request") == req.to_dict():
+            if summary["schema_version"] < 2:
+                status("measuring the held-out perplexities this folder was written without")
+                summary = _upgrade(summary, req, out)
             status(f"reusing the finished elastic model in {out}")
             return summary
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / LIBRARY_DIR).exists())):
@@ -238,6 +249,8 @@ def build_elastic(
     model = load_pretrained(req.parent, dtype=torch.float32)
     grid = req.space.grid(model.arch, req.target)  # before any heavy work: ConfigError when the target cannot load
     calib, holdout, train_rows = _data(req)
+    status("held-out perplexity of the parent")
+    parent_perplexity = _perplexity(model, holdout)
     status("nesting the parent (ranking heads, channels, Mamba heads, layers)")
     report = nest_parent(model, torch.from_numpy(calib[:, :-1]))
     elastic = ElasticLM(model)
@@ -282,6 +295,9 @@ def build_elastic(
         status(f"multi-budget distillation: {req.train.steps} steps")
         result = train_elastic(elastic, train_rows, req.train, checkpoint_dir=out / STATE_DIR, on_step=on_step)
         training = result.to_dict()
+    budgets = routed if routed is not None else {k: c.to_dict() for k, c in choices.items()}
+    status("held-out perplexity of every budget")
+    budgets = {k: entry | {"perplexity": _budget_perplexity(elastic, entry, holdout)} for k, entry in budgets.items()}
     status("writing the shared weights and the budgets")
     save_pretrained(model, out / MODEL_DIR, tokenizer_dir=req.parent)
     summary = {
@@ -289,12 +305,14 @@ def build_elastic(
         "request": req.to_dict(),
         "parent": str(req.parent),
         "parent_params": n_params(model),
+        "parent_perplexity": parent_perplexity,
+        "perplexity_on": _perplexity_on(holdout),
         "cost": req.cost,
         "objective": req.objective,
         "space": req.space.to_dict(),
         "target": req.target,
         "selection": req.selection,
-        "budgets": routed if routed is not None else {k: c.to_dict() for k, c in choices.items()},
+        "budgets": budgets,
         "mip": {k: c.to_dict() for k, c in choices.items()},
         "nest": report.to_dict(),
         "training": training,
@@ -304,6 +322,50 @@ def build_elastic(
     write_json(out / ELASTIC_FILE, summary)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return summary
+
+
+def _stream(rows: np.ndarray) -> np.ndarray:
+    """The token stream of packed rows (N, T + 1) of stride T: ``evaluate`` packs it back into exactly these rows."""
+    return np.concatenate([rows[0, :1], rows[:, 1:].reshape(-1)])
+
+
+def _perplexity(model: torch.nn.Module, holdout: np.ndarray) -> float:
+    """``model``'s perplexity on the held-out rows (N, T + 1), each token after a row's first predicted once."""
+    from puzzle.child.evaluate import evaluate
+
+    return evaluate(model, _stream(holdout), holdout.shape[1] - 1).perplexity
+
+
+def _budget_perplexity(elastic: ElasticLM, entry: Mapping[str, Any], holdout: np.ndarray) -> float:
+    """The held-out perplexity of a budget entry's child: its configuration sliced out of the shared weights."""
+    return _perplexity(elastic.slice(config=ElasticConfig.from_list(entry["layers"])), holdout)
+
+
+def _perplexity_on(holdout: np.ndarray) -> dict[str, Any]:
+    """What the summary's perplexities were measured on: the first ``rows`` rows of ``seq_len`` + 1 tokens (stride
+    ``seq_len``) of the held-out split, ``tokens`` predicted tokens."""
+    n, width = holdout.shape
+    return {"split": "held-out", "rows": n, "seq_len": width - 1, "tokens": n * (width - 1)}
+
+
+def _upgrade(summary: dict[str, Any], req: ElasticRequest, out: Path) -> dict[str, Any]:
+    """A schema-1 summary of the finished folder ``out`` with the perplexities (measured now, on the rows its build
+    scored: the same request reads the same rows), written back as the current schema."""
+    from puzzle.model import load_pretrained
+
+    _, holdout, _ = _data(req)
+    elastic = load_elastic(out)
+    upgraded = summary | {
+        "schema_version": SCHEMA_VERSION,
+        "parent_perplexity": _perplexity(load_pretrained(req.parent, dtype=torch.float32), holdout),
+        "perplexity_on": _perplexity_on(holdout),
+        "budgets": {
+            k: entry | {"perplexity": _budget_perplexity(elastic, entry, holdout)}
+            for k, entry in summary["budgets"].items()
+        },
+    }
+    write_json(out / ELASTIC_FILE, upgraded)
+    return upgraded
 
 
 def _check_loadable(arch: ArchSpec, configs: list[ElasticConfig], target: str | None) -> None:
@@ -361,8 +423,9 @@ def read_summary(path: str | Path) -> dict[str, Any]:
         data = json.loads(file.read_text())
     except ValueError as exc:
         raise CheckpointError(f"{file}: not valid JSON ({exc})") from exc
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(f"{file}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    if data.get("schema_version") not in READABLE_VERSIONS:
+        known = " or ".join(map(str, READABLE_VERSIONS))
+        raise CheckpointError(f"{file}: schema_version {data.get('schema_version')!r} is not {known}")
     return data
 
 

@@ -1,10 +1,12 @@
-"""What each budget of a built elastic folder is: its configuration, parameters, predicted cost and quality.
+"""What each budget of a built elastic folder is: its configuration, parameters, predicted cost and quality, and
+its measured held-out perplexity.
 
 Read from ``elastic.json`` (each budget's configuration, chosen by the MIP or by the router) and the nested library
 the build scored (``select.nested_library``): a configuration's cost is the non-block part plus its layers' slices
 under the family's cost key (``select.config_cost``, as the MIP bounds it), its predicted quality the sum of its
-layers' replace-one-block metric (the family's objective, the MIP's too), and ``params`` the parameters of the
-child ``slice_budget`` writes for it.
+layers' replace-one-block metric (the family's objective, the MIP's too), ``params`` the parameters of the
+child ``slice_budget`` writes for it, and ``perplexity`` that child's on the build's held-out rows (None in a
+folder written before the build measured it, schema 1).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class FamilyMember:
     cost: float  # under the family's cost key, whole model
     cost_ratio: float  # cost / the parent's
     objective: float  # summed replace-one-block metric (lower is better)
+    perplexity: float | None = None  # measured on the build's held-out rows (None: a schema-1 folder)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class FamilyMember:
             "cost": self.cost,
             "cost_ratio": self.cost_ratio,
             "objective": self.objective,
+            "perplexity": self.perplexity,
         }
 
 
@@ -60,6 +64,7 @@ def family(path: str | Path) -> tuple[FamilyMember, ...]:
                 cost=cost,
                 cost_ratio=cost / parent,
                 objective=sum(v.metrics[summary["objective"]] for v in variants),
+                perplexity=entry.get("perplexity"),
             )
         )
     return tuple(sorted(members, key=lambda m: -m.budget))

@@ -35,9 +35,10 @@ class ElasticRun:
     seconds: dict[str, float]
 
     def to_dict(self, relative: Callable[[Path], str] = str) -> dict[str, Any]:
-        """``family``: per budget (largest first) its configuration, parameters, predicted cost and quality and
-        its export; ``elastic``: the family's settings, parent, folder, training and seconds. Paths through
-        ``relative``."""
+        """``family``: per budget (largest first) its configuration, parameters, predicted cost and quality, held-out
+        perplexity and its export; ``elastic``: the family's settings, parent (and its held-out perplexity, with
+        the rows it and the budgets' were measured on; None from a schema-1 folder), folder, training and seconds.
+        Paths through ``relative``."""
         s, training = self.summary, self.summary["training"]
         parent = {"path": relative(Path(self.request.parent))} | ({"preset": self.preset} if self.preset else {})
         exports = {b: {"dir": relative(e.folder), "archive": relative(e.archive)} for b, e in self.exports.items()}
@@ -51,6 +52,8 @@ class ElasticRun:
                 "objective": s["objective"],
                 "target": s["target"],
                 "parent_params": s["parent_params"],
+                "parent_perplexity": s.get("parent_perplexity"),
+                "perplexity_on": s.get("perplexity_on"),
                 "training": None
                 if training is None
                 else {k: training[k] for k in ("steps", "tokens", "student_tokens", "wall_s")}

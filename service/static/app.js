@@ -310,21 +310,32 @@ $("job-cancel").addEventListener("click", async () => {
 
 // --- elastic family ------------------------------------------------------------------------------------
 
-// Per budget (largest first): the chosen configuration, its parameters, its predicted cost and quality.
+// Per budget (largest first): the chosen configuration, its parameters, its predicted cost and quality, and its
+// measured held-out perplexity, plotted against the budget with the parent's at budget 1 (a result from before
+// perplexities were measured plots the predicted quality instead).
 async function showFamily(job) {
   const result = await api(`/jobs/${job.id}/result`);
   state.result = result;
   const info = result.elastic, family = result.family;
   $("family-panel").hidden = false;
   const training = info.training ? `${info.training.steps} distillation steps` : "no distillation";
+  const measured = family.every((m) => m.perplexity != null) && info.parent_perplexity != null;
+  const parent = measured
+    ? `; parent perplexity ${fmt(info.parent_perplexity)} on ${fmt(info.perplexity_on.tokens)} held-out tokens` : "";
   $("family-summary").textContent = `${family.length} budgets of one ${fmt(info.parent_params)}-parameter parent, ` +
-    `chosen by ${info.selection} on ${info.cost} among children ${info.target || "any engine"} loads; ${training}`;
+    `chosen by ${info.selection} on ${info.cost} among children ${info.target || "any engine"} loads; ${training}${parent}`;
   const budgets = family.map((m) => m.budget);
-  const quality = `predicted ${info.objective} (sum over layers)`;
-  await Plotly.react("family-plot", [
-    { x: budgets, y: family.map((m) => m.objective), type: "scatter", mode: "lines+markers", name: quality, yaxis: "y" },
+  const quality = measured ? "held-out perplexity" : `predicted ${info.objective} (sum over layers)`;
+  const traces = [
+    { x: budgets, y: family.map((m) => (measured ? m.perplexity : m.objective)), type: "scatter", mode: "lines+markers",
+      name: quality, yaxis: "y" },
     { x: budgets, y: family.map((m) => m.params), type: "bar", name: "parameters", yaxis: "y2", opacity: 0.4 },
-  ], {
+  ];
+  if (measured) {
+    traces.push({ x: [1], y: [info.parent_perplexity], type: "scatter", mode: "markers", name: "parent", yaxis: "y",
+      marker: { symbol: "star", size: 12 } });
+  }
+  await Plotly.react("family-plot", traces, {
     margin: { t: 10 }, xaxis: { title: { text: `budget (fraction of the parent's ${info.cost})` } },
     yaxis: { title: { text: quality } }, yaxis2: { title: { text: "parameters" }, overlaying: "y", side: "right", rangemode: "tozero" },
     legend: { orientation: "h" }, hovermode: "x",
@@ -340,7 +351,7 @@ async function showFamily(job) {
       link.append(a);
     }
     tr.append(el("td", fmt(m.budget)), el("td", fmt(m.params)), el("td", `${fmt(100 * m.cost_ratio)} %`),
-      el("td", fmt(m.objective)), el("td", layers, "layers"), link);
+      el("td", fmt(m.perplexity)), el("td", fmt(m.objective)), el("td", layers, "layers"), link);
     return tr;
   });
   $("family-table").tBodies[0].replaceChildren(...rows);

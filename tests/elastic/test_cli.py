@@ -1,16 +1,20 @@
 """End to end: `puzzle elastic train` writes one checkpoint for every budget; `puzzle elastic slice` writes a
-normal child that loads with ``load_pretrained`` and computes what the elastic model computes at that budget."""
+normal child that loads with ``load_pretrained`` and computes what the elastic model computes at that budget, and
+whose held-out perplexity is the one the build recorded for the budget."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from puzzle.child.evaluate import evaluate
 from puzzle.child.export import read_manifest
 from puzzle.cli import main
+from puzzle.data import cached_tokens, load_tokenizer, read_corpus, split_corpus
 from puzzle.elastic import ElasticConfig, config_arch, family, load_elastic, read_summary
 from puzzle.elastic.model import n_params
 from puzzle.library import BlockLibrary
@@ -26,6 +30,13 @@ def corpus(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus"), n_files=40)
 
 
+def _held_out(parent: Path, corpus: Path, fraction: float, on: dict) -> np.ndarray:
+    """The held-out token stream the build's perplexities cover (``perplexity_on``), read the way parents split."""
+    _, held = split_corpus(read_corpus(corpus), fraction)
+    assert on["split"] == "held-out" and on["tokens"] == on["rows"] * on["seq_len"]
+    return cached_tokens(held, load_tokenizer(parent), "held-out")[: on["tokens"] + 1]
+
+
 @pytest.mark.parametrize(("name", "selection"), [("llama", "mip"), ("hybrid", "mip"), ("hybrid", "router")])
 def test_train_then_slice_every_budget(name: str, selection: str, corpus: Path, tmp_path: Path, capsys) -> None:
     parent = make_parent(tmp_path / "parent", corpus, ARCHS[name])
@@ -38,6 +49,11 @@ def test_train_then_slice_every_budget(name: str, selection: str, corpus: Path, 
     assert set(summary["budgets"]) == {"0.8", "0.6", "0.4"} and summary["training"]["steps"] == 4
     assert read_summary(out)["budgets"] == summary["budgets"] and summary["selection"] == selection
     assert set(summary["mip"]) == set(summary["budgets"])  # the MIP's choice is kept for comparison either way
+    on = summary["perplexity_on"]
+    assert on["rows"] == 16 and on["seq_len"] == 128  # the rows the nested slices were scored on
+    held = _held_out(parent, corpus, 0.2, on)
+    parent_ppl = evaluate(load_pretrained(parent), held, on["seq_len"]).perplexity
+    assert summary["parent_perplexity"] == pytest.approx(parent_ppl, rel=1e-4)
     assert main(args) == 0  # the same command again: the finished folder is reused, not rebuilt
     captured = capsys.readouterr()
     assert json.loads(captured.out) == summary and "reusing the finished elastic model" in captured.err
@@ -62,6 +78,11 @@ def test_train_then_slice_every_budget(name: str, selection: str, corpus: Path, 
         assert n_params(child) == member.params <= budget * parent_params
         chosen = summary["budgets"][f"{budget:g}"]
         assert member.config.to_list() == chosen["layers"] and member.cost == member.params  # cost: num_params
+        assert (
+            member.perplexity
+            == chosen["perplexity"]
+            == pytest.approx(evaluate(child, held, on["seq_len"]).perplexity, rel=1e-4)
+        )
         if selection == "mip":
             assert member.objective == pytest.approx(chosen["objective"])
         else:
@@ -84,6 +105,24 @@ def test_target_and_ffn_multiple_reach_the_request_and_slice_checks_the_recorded
     grid = BlockLibrary.load(out / "library").notes["elastic_grid"]
     for layer in grid["layers"]:  # no target: partial attention stays; FFN widths (256 in the parent) on 128
         assert layer["attention"] == [2, 1, 0] and layer["ffn"] == [256, 128, 0]
+    # a folder written before perplexities were recorded (schema 1) still reads; the same command measures them
+    old = {k: v for k, v in summary.items() if k not in ("parent_perplexity", "perplexity_on")}
+    old |= {
+        "schema_version": 1,
+        "budgets": {"0.7": {k: v for k, v in summary["budgets"]["0.7"].items() if k != "perplexity"}},
+    }
+    (out / "elastic.json").write_text(json.dumps(old))
+    assert family(out)[0].perplexity is None
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "measuring the held-out perplexities" in captured.err
+    assert "budget 0.7: MIP num_params" in captured.out and "held-out perplexity" in captured.out
+    upgraded = read_summary(out)
+    assert upgraded["schema_version"] == 2 and upgraded["perplexity_on"] == summary["perplexity_on"]
+    assert upgraded["parent_perplexity"] == pytest.approx(summary["parent_perplexity"], rel=1e-6)
+    ppl = summary["budgets"]["0.7"]["perplexity"]
+    assert upgraded["budgets"]["0.7"]["perplexity"] == family(out)[0].perplexity == pytest.approx(ppl, rel=1e-6)
     # a budget whose record names vllm but keeps half the KV groups (and so half the query heads) of layer 0
     layers = [{"attention": 1, "ffn": 128, "mamba": 0}, *summary["budgets"]["0.7"]["layers"][1:]]
     (out / "elastic.json").write_text(

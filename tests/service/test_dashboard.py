@@ -184,8 +184,9 @@ def test_pipeline_job_page_shows_its_four_stages(settings: Settings, pg_url: str
 
 @pytest.mark.slow
 def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> None:
-    """A finished elastic job's page plots each budget's predicted quality and parameters and lists the budgets
-    with their export links; its stage rows are parent / elastic / export."""
+    """A finished elastic job's page plots each budget's held-out perplexity (the parent's at budget 1) and
+    parameters and lists the budgets with their perplexity, predicted quality and export links; its stage rows are
+    parent / elastic / export. A result stored before perplexities were measured plots the predicted quality."""
     from playwright.sync_api import sync_playwright
 
     from puzzle.elastic import ElasticConfig, ElasticRequest, FamilyMember, LayerChoice
@@ -194,8 +195,11 @@ def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> N
     from service import crud, db
 
     members = tuple(
-        FamilyMember(b, ElasticConfig((LayerChoice(a, f, 0), LayerChoice(2, 256, 0))), p, p, r, kl)
-        for b, a, f, p, r, kl in [(0.8, 2, 128, 51_000, 0.79, 0.12), (0.5, 1, 64, 32_000, 0.49, 0.61)]
+        FamilyMember(b, ElasticConfig((LayerChoice(a, f, 0), LayerChoice(2, 256, 0))), p, p, r, kl, ppl)
+        for b, a, f, p, r, kl, ppl in [
+            (0.8, 2, 128, 51_000, 0.79, 0.12, 41.25),
+            (0.5, 1, 64, 32_000, 0.49, 0.61, 57.5),
+        ]
     )
     run = ElasticRun(
         request=ElasticRequest(parent="parents/p", budgets=(0.8, 0.5), out="pipelines/job-1/elastic"),
@@ -205,6 +209,8 @@ def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> N
             "cost": "num_params",
             "objective": "kl_div",
             "parent_params": 64_000,
+            "parent_perplexity": 30.5,
+            "perplexity_on": {"split": "held-out", "rows": 16, "seq_len": 128, "tokens": 2048},
             "target": "vllm",
             "training": None,
         },
@@ -213,19 +219,27 @@ def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> N
         seconds={},
     )
     result = run.to_dict()
+    legacy = {  # as a job stored before perplexities were measured has it
+        "family": [{k: v for k, v in m.items() if k != "perplexity"} for m in result["family"]],
+        "elastic": {k: v for k, v in result["elastic"].items() if k not in ("parent_perplexity", "perplexity_on")},
+    }
     sessions = db.session_factory(db.engine_for(db.normalise_url(pg_url)))
-    with db.session_scope(sessions) as session:
-        job, _ = crud.submit_job(
-            session, kind="elastic", spec={"parent": "p", "budgets": [0.8, 0.5]}, library_id=None, max_attempts=1
-        )
-        job_id = job.id
-    with db.session_scope(sessions) as session:
-        crud.claim_job(session, worker_id="w-family")
-    for stage, done, total in [("parent", 1, 1), ("elastic/score", 2, 2), ("elastic/distill", 4, 4), ("export", 1, 2)]:
+    job_ids = []
+    for stored in (result, legacy):
         with db.session_scope(sessions) as session:
-            crud.set_progress(session, job_id=job_id, worker_id="w-family", stage=stage, done=done, total=total)
-    with db.session_scope(sessions) as session:
-        crud.finish_job(session, job_id=job_id, worker_id="w-family", state="succeeded", result=result)
+            job, _ = crud.submit_job(
+                session, kind="elastic", spec={"parent": "p", "budgets": [0.8, 0.5]}, library_id=None, max_attempts=1
+            )
+            job_ids.append(job.id)
+        with db.session_scope(sessions) as session:
+            crud.claim_job(session, worker_id="w-family")
+        stages = [("parent", 1, 1), ("elastic/score", 2, 2), ("elastic/distill", 4, 4), ("export", 1, 2)]
+        for stage, done, total in stages:
+            with db.session_scope(sessions) as session:
+                crud.set_progress(session, job_id=job.id, worker_id="w-family", stage=stage, done=done, total=total)
+        with db.session_scope(sessions) as session:
+            crud.finish_job(session, job_id=job.id, worker_id="w-family", state="succeeded", result=stored)
+    job_id, legacy_id = job_ids
     with serve(pg_url, settings.artifacts, workers=0) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -234,13 +248,21 @@ def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> N
         page.goto(f"{base}/#/jobs/{job_id}")
         page.wait_for_selector("#family-plot[data-ready='1']")
         assert page.is_visible("#family-panel") and not page.is_visible("#frontier-panel")
-        assert "children vllm loads; no distillation" in page.inner_text("#family-summary")
-        plotted = page.evaluate("() => document.getElementById('family-plot').data.map((t) => [t.x, t.y])")
-        assert plotted == [[[0.8, 0.5], [0.12, 0.61]], [[0.8, 0.5], [51_000, 32_000]]]
+        summary = page.inner_text("#family-summary")
+        assert "children vllm loads; no distillation; parent perplexity 30.5 on 2048 held-out tokens" in summary
+        plot = "() => document.getElementById('family-plot').data.map((t) => [t.name, t.x, t.y])"
+        assert page.evaluate(plot) == [
+            ["held-out perplexity", [0.8, 0.5], [41.25, 57.5]],
+            ["parameters", [0.8, 0.5], [51_000, 32_000]],
+            ["parent", [1], [30.5]],
+        ]
         rows = page.query_selector_all("#family-table tbody tr")
         cells = [r.inner_text().split("\t") for r in rows]
-        assert [c[:4] for c in cells] == [["0.8", "51000", "79 %", "0.12"], ["0.5", "32000", "49 %", "0.61"]]
-        assert cells[0][4].strip() == "a2.f128.m0 a2.f256.m0"
+        assert [c[:5] for c in cells] == [
+            ["0.8", "51000", "79 %", "41.25", "0.12"],
+            ["0.5", "32000", "49 %", "57.5", "0.61"],
+        ]
+        assert cells[0][5].strip() == "a2.f128.m0 a2.f256.m0"
         assert rows[0].query_selector("a").get_attribute("href") == f"/api/v1/jobs/{job_id}/export?budget=0.8"
         assert rows[1].query_selector("a") is None  # not exported
         page.wait_for_function(
@@ -249,5 +271,17 @@ def test_elastic_job_page_shows_its_family(settings: Settings, pg_url: str) -> N
         stages = [r.get_attribute("data-stage") for r in page.query_selector_all("#job-stages tr")]
         assert stages == ["parent", "elastic", "export"]
         assert page.inner_text("#job-stages tr[data-stage='elastic'] .stage-text") == "distill 4/4"
+        # the legacy result: the predicted quality plotted, no perplexity in the summary or the table
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/#/jobs/{legacy_id}")
+        page.wait_for_selector("#family-plot[data-ready='1']")
+        assert page.evaluate(plot) == [
+            ["predicted kl_div (sum over layers)", [0.8, 0.5], [0.12, 0.61]],
+            ["parameters", [0.8, 0.5], [51_000, 32_000]],
+        ]
+        assert "perplexity" not in page.inner_text("#family-summary")
+        cells = [r.inner_text().split("\t") for r in page.query_selector_all("#family-table tbody tr")]
+        assert [c[3:5] for c in cells] == [["", "0.12"], ["", "0.61"]]
         browser.close()
         assert errors == []

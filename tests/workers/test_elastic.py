@@ -83,11 +83,14 @@ def test_elastic_job_builds_the_family_and_exports_each_budget(
         "vllm",
     )
     assert info["parent"] == {"path": f"parents/{parent}"} and info["training"]["steps"] == 4
+    assert info["parent_perplexity"] == summary["parent_perplexity"] > 1
+    assert info["perplexity_on"] == {"split": "held-out", "rows": 8, "seq_len": 32, "tokens": 256}
     assert [m["budget"] for m in family] == [0.8, 0.6]
     for member in family:
         mip = summary["mip"][f"{member['budget']:g}"]
         assert member["layers"] == mip["layers"] == summary["budgets"][f"{member['budget']:g}"]["layers"]
         assert member["objective"] == pytest.approx(mip["objective"])
+        assert member["perplexity"] == summary["budgets"][f"{member['budget']:g}"]["perplexity"] > 1
         assert member["cost"] == pytest.approx(mip["totals"]["num_params"]) == member["params"]
         assert member["cost_ratio"] <= member["budget"] and member["params"] < summary["parent_params"]
     assert family[0]["params"] > family[1]["params"]
@@ -157,5 +160,6 @@ def test_elastic_job_on_a_preset_parent_with_the_router(
     assert info["target"] is None and summary["space"]["ffn_multiple"] == 64
     assert all(layer["ffn"] % 64 == 0 for layer in member["layers"])
     assert member["cost_ratio"] == pytest.approx(summary["budgets"]["0.7"]["cost_ratio"])
+    assert member["perplexity"] == summary["budgets"]["0.7"]["perplexity"] > 1  # the router's configuration's
     r = client.get(f"/api/v1/jobs/{job_id}/export", params={"budget": 0.7})
     assert r.status_code == 200 and len(r.content) > 0
