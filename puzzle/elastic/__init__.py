@@ -13,8 +13,8 @@
     distill.py  multi-budget knowledge distillation with the two-stage budget curriculum, resumable; trains the
                 router jointly when given one
     build.py    the stages end to end: ``build_elastic`` -> one folder (shared weights + budgets, chosen by the
-                MIP or by the router), ``load_elastic``, ``slice_budget``; ``ElasticRequest.from_dict`` lists
-                every problem of a request at once
+                MIP or by the router), ``load_elastic``, ``slice_budget``
+    request.py  ``ElasticRequest``: what a build is asked for, validated once; ``from_dict`` lists every problem
     family.py   what each budget of a built folder is: configuration, parameters, predicted cost and quality
 
 Serving engines: every budget is a child its ``target`` loads (default ``puzzle.targets.DEFAULT_TARGET``; None:
@@ -31,11 +31,12 @@ head kept, as the library's ``kv_heads`` options build: a prefix of KV heads is 
 
 from __future__ import annotations
 
-from puzzle.elastic.build import ElasticRequest, build_elastic, load_elastic, read_summary, slice_budget
+from puzzle.elastic.build import build_elastic, load_elastic, read_summary, slice_budget
 from puzzle.elastic.distill import ElasticTrainConfig, ElasticTrainResult, train_elastic
 from puzzle.elastic.family import FamilyMember, family
 from puzzle.elastic.model import ElasticLM, slice_block_state
 from puzzle.elastic.nest import NestReport, nest_parent
+from puzzle.elastic.request import ElasticRequest
 from puzzle.elastic.select import BudgetChoice, choose_configs, nested_library
 from puzzle.elastic.space import ElasticConfig, ElasticGrid, ElasticSpace, LayerChoice, config_arch, parse_budgets
 
