@@ -211,11 +211,9 @@ class PipelineFuse(_Strict):
     eval_tokens: int = Field(default=32_768, ge=256, le=10**8, description="held-out tokens for before / after")
 
 
-class PipelineJobCreate(_Strict):
-    """Parent -> library -> search -> export, in a work folder of the job under ``PUZZLE_ARTIFACTS`` (a re-queued
-    job resumes there: training from its checkpoint, the library build skipping finished units)."""
+class _ParentJob(_Strict):
+    """What pipeline and elastic jobs start from: a parent (a preset the job trains, or a stored one) and a corpus."""
 
-    kind: Literal["pipeline"]
     parent: Name = Field(
         description=f"a preset trained by the job ({' or '.join(PARENT_PRESETS)}), or the name of a Hugging Face "
         "directory under PUZZLE_ARTIFACTS/parents/ (a name, never a path)",
@@ -229,6 +227,13 @@ class PipelineJobCreate(_Strict):
         description="text to train / distill / score on: the name of a file or folder under "
         "PUZZLE_ARTIFACTS/corpora/ (default: the Python standard library of the worker)",
     )
+
+
+class PipelineJobCreate(_ParentJob):
+    """Parent -> library -> search -> export, in a work folder of the job under ``PUZZLE_ARTIFACTS`` (a re-queued
+    job resumes there: training from its checkpoint, the library build skipping finished units)."""
+
+    kind: Literal["pipeline"]
     build: PipelineBuild = Field(default_factory=PipelineBuild)
     search: SearchParams = Field(
         default_factory=SearchParams, description="the same search a 'search' job runs, over the built library"
@@ -284,25 +289,12 @@ class ElasticTrainParams(_Strict):
     )
 
 
-class ElasticJobCreate(_Strict):
+class ElasticJobCreate(_ParentJob):
     """One checkpoint for every budget (``puzzle elastic train``), each budget then sliced out as a Hugging Face
     child (``GET /jobs/{id}/export?budget=b``), in a work folder of the job under ``PUZZLE_ARTIFACTS`` (a re-queued
     job resumes there)."""
 
     kind: Literal["elastic"]
-    parent: Name = Field(
-        description=f"a preset trained by the job ({' or '.join(PARENT_PRESETS)}), or the name of a Hugging Face "
-        "directory under PUZZLE_ARTIFACTS/parents/ (a name, never a path)",
-        examples=["tiny-llama"],
-    )
-    train_steps: int | None = Field(
-        default=None, ge=1, le=1_000_000, description="preset parents: optimizer steps (default: the preset's)"
-    )
-    corpus: Name | None = Field(
-        default=None,
-        description="text to nest, score and distill on: the name of a file or folder under "
-        "PUZZLE_ARTIFACTS/corpora/ (default: the Python standard library of the worker)",
-    )
     budgets: list[float] = Field(
         min_length=1,
         max_length=MAX_BUDGETS,
